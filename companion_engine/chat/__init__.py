@@ -1,0 +1,1 @@
+"""Chat turns: the request model, turn assembly, the runner and its SSE events."""

@@ -1,0 +1,193 @@
+"""Config models: ``companion.yaml`` (``AppConfig``) and ``profiles/NAME.yaml`` (``Profile``).
+
+Every model forbids unknown keys, so a typo is an error naming file, line and
+key path (see ``companion_engine.configload``). A stage is written as ``name``
+or ``{name: {options}}``; ``StageRef`` is its normalised form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: A stage as written in YAML: ``name`` or ``{name: {options}}``.
+StageSpec = str | dict[str, dict[str, Any] | None]
+
+
+class ConfigModel(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageRef(BaseModel):
+    """A stage reference resolved from YAML: its name, raw options and list index."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: StageSpec) -> StageRef:
+        if isinstance(spec, str):
+            return cls(name=spec)
+        if isinstance(spec, dict) and len(spec) == 1:
+            ((name, options),) = spec.items()
+            if options is None:
+                options = {}
+            if not isinstance(options, dict):
+                raise ValueError(f"options of stage {name!r} must be a mapping")
+            return cls(name=str(name), options=options)
+        raise ValueError("a stage is written as `name` or `{name: {options}}` (one key)")
+
+
+def _stage_list(value: Any) -> list[StageRef]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("must be a list of stages")
+    return [v if isinstance(v, StageRef) else StageRef.parse(v) for v in value]
+
+
+def _stage_one(value: Any) -> StageRef:
+    return value if isinstance(value, StageRef) else StageRef.parse(value)
+
+
+# --- companion.yaml ---------------------------------------------------------------------------
+
+
+class ServerConfig(ConfigModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=0, le=65535)
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://localhost:5173", "http://127.0.0.1:5173"]
+    )
+    #: Required for any non-loopback bind; then every /api and /- route needs it.
+    api_key: str | None = None
+    #: Proxies whose ``X-Forwarded-For`` is believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Largest request body in bytes (uploads have their own cap).
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Concurrent chat streams one client IP may hold open.
+    max_streams_per_ip: int = Field(default=4, ge=1)
+
+
+class PathsConfig(ConfigModel):
+    profiles: Path = Path("profiles")
+    characters: Path = Path("characters")
+    plugins: Path = Path("plugins")
+    data: Path = Path("data")
+
+
+class StoreConfig(ConfigModel):
+    url: str = "sqlite:///data/companion.db"
+
+
+class RateLimitConfig(ConfigModel):
+    requests: int = Field(default=100, ge=1, le=100_000)
+    window_s: float = Field(default=60, gt=0, le=86_400)
+
+
+class LoggingConfig(ConfigModel):
+    level: str = "INFO"
+    #: Also write JSON lines to ``<data>/logs/companion.jsonl``.
+    json_file: bool = False
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return v
+
+
+class AppConfig(ConfigModel):
+    """``companion.yaml``. Relative paths are resolved against ``base_dir``."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    profile: str = "default"
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    reload: bool = True
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    #: Per-plugin settings, keyed by plugin name.
+    plugins: dict[str, Any] = Field(default_factory=dict)
+
+    #: Folder of the config file (not a YAML key).
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    #: The config file itself, when loaded from one.
+    source: Path | None = Field(default=None, exclude=True)
+
+    def path(self, name: str) -> Path:
+        """An absolute path from ``paths:`` (``profiles``, ``characters``, ``plugins``, ``data``)."""
+        p = Path(getattr(self.paths, name))
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+
+# --- profiles/NAME.yaml -----------------------------------------------------------------------
+
+
+class LLMConfig(ConfigModel):
+    model: str = "ollama_chat/llama3.2"
+    api_base: str | None = None
+    api_key: str | None = None
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    timeout_s: float = Field(default=60, gt=0, le=600)
+    #: Extra keyword arguments passed to ``litellm.acompletion`` (e.g. ``top_p``).
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+DEFAULT_PROMPT: list[StageSpec] = [
+    "system_prompt",
+    {"lorebook": {}},
+    "character_definition",
+    "example_dialogue",
+    {"history": {}},
+    "post_history_instructions",
+]
+
+
+class SpeechConfig(ConfigModel):
+    enabled: bool = True
+    splitter: StageRef = Field(default_factory=lambda: StageRef(name="sentence"))
+    cleaners: list[StageRef] = Field(
+        default_factory=lambda: _stage_list(["expressions", "actions", "markdown", "emoji"])
+    )
+    tts: StageRef = Field(default_factory=lambda: StageRef(name="espeak"))
+    #: Sentences synthesised at once (n+1 is made while n is sent).
+    concurrency: int = Field(default=2, ge=1, le=16)
+
+    _splitter = field_validator("splitter", "tts", mode="before")(_stage_one)
+    _cleaners = field_validator("cleaners", mode="before")(_stage_list)
+
+
+class Profile(ConfigModel):
+    """A pipeline profile: which stages run, with which options."""
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    #: Default active character id.
+    character: str | None = None
+    user_name: str = "User"
+    prompt: list[StageRef] = Field(default_factory=lambda: _stage_list(DEFAULT_PROMPT))
+    output: list[StageRef] = Field(
+        default_factory=lambda: _stage_list(["strip_think", "sanitize_html"])
+    )
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+
+    #: The profile's name (file stem); not a YAML key.
+    name: str = Field(default="default", exclude=True)
+    source: Path | None = Field(default=None, exclude=True)
+
+    _prompt = field_validator("prompt", "output", mode="before")(_stage_list)
+
+    @model_validator(mode="after")
+    def _user_name(self) -> Profile:
+        if not self.user_name.strip():
+            raise ValueError("user_name must not be empty")
+        return self

@@ -1,0 +1,109 @@
+"""The engine: the one object routes, stages and plugins reach the server through.
+
+It owns the config, the plugin host, the current pipeline (swapped atomically on
+reload), the stores, the LLM gateway and the shared HTTP session. Routes get it
+with ``request.app[ENGINE]``; host hooks receive it as ``engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from companion_engine.cards.store import CharacterStore
+    from companion_engine.config import AppConfig, Profile
+    from companion_engine.llm import LLMGateway
+    from companion_engine.pipeline import Pipeline
+    from companion_engine.plugins import PluginHost
+    from companion_engine.store import Store
+
+
+@dataclass
+class ReloadStatus:
+    """What ``/health`` reports under ``config``."""
+
+    generation: int = 0
+    last_reload: float | None = None
+    last_error: str | None = None
+    restart_required: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation, "last_reload": self.last_reload,
+                "last_error": self.last_error, "restart_required": self.restart_required}
+
+
+class Engine:
+    """Shared state of one running server."""
+
+    def __init__(self, config: AppConfig, plugins: PluginHost, pipeline: Pipeline) -> None:
+        self.config = config
+        self.plugins = plugins
+        self._pipeline = pipeline
+        self.reload_status = ReloadStatus(generation=pipeline.generation)
+        self.started_at = time.time()
+        # Set up by the app's cleanup contexts.
+        self.http: aiohttp.ClientSession
+        self.store: Store
+        self.characters: CharacterStore
+        self.llm: LLMGateway
+        #: Model chosen with /api/models/switch; None means the profile's llm.model.
+        self.model_override: str | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # --- the current pipeline -------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    @property
+    def profile(self) -> Profile:
+        return self._pipeline.profile
+
+    @property
+    def active_model(self) -> str:
+        return self.model_override or self.profile.llm.model
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Pipeline]:
+        """Hold the current pipeline for one turn; a reload never closes it under you."""
+        pipeline = self._pipeline
+        pipeline.users += 1
+        try:
+            yield pipeline
+        finally:
+            pipeline.users -= 1
+            if pipeline.retired and pipeline.users == 0:
+                await pipeline.aclose()
+
+    def swap_pipeline(self, new: Pipeline) -> Pipeline:
+        """Make ``new`` current in one step; the old one closes when its last turn ends."""
+        old, self._pipeline = self._pipeline, new
+        old.retired = True
+        if old.users == 0 and old is not new:
+            task = asyncio.get_running_loop().create_task(old.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return old
+
+    def plugin_config(self, name: str) -> dict[str, Any]:
+        """The ``plugins: {name: ...}`` settings of ``companion.yaml`` for one plugin."""
+        value = self.config.plugins.get(name) or {}
+        return value if isinstance(value, dict) else {"value": value}
+
+    async def aclose(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        try:
+            await self._pipeline.aclose()
+        except Exception as exc:  # pragma: no cover - stage close is already isolated
+            logger.warning("closing pipeline failed: {}", exc)

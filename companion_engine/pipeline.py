@@ -1,0 +1,137 @@
+"""Pipeline assembly: a profile's stage lists resolved to stage instances.
+
+``build_pipeline`` validates every stage name and option against the plugin
+host's registry and reports all problems at once, each naming the profile file,
+its line and the key path, with the known names listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from pydantic import ValidationError
+
+from companion_engine.errors import ConfigError, Problem
+from companion_engine.stages import (
+    LorebookInjector,
+    PromptBuilder,
+    Sanitizer,
+    SentenceSplitter,
+    Stage,
+    TTSBackend,
+)
+
+if TYPE_CHECKING:
+    from companion_engine.config import Profile, StageRef
+    from companion_engine.plugins import PluginHost
+
+
+@dataclass
+class Pipeline:
+    """The stage instances of one profile, built once and shared by the turns using it."""
+
+    profile: Profile
+    prompt: list[PromptBuilder | LorebookInjector]
+    output: list[Sanitizer]
+    splitter: SentenceSplitter
+    cleaners: list[Sanitizer]
+    tts: TTSBackend
+    generation: int = 0
+    #: Turns currently running on this pipeline.
+    users: int = field(default=0, repr=False)
+    retired: bool = field(default=False, repr=False)
+    closed: bool = field(default=False, repr=False)
+
+    def stages(self) -> list[Stage]:
+        return [*self.prompt, *self.output, self.splitter, *self.cleaners, self.tts]
+
+    async def aclose(self) -> None:
+        """Close every stage once; one stage failing to close does not stop the rest."""
+        if self.closed:
+            return
+        self.closed = True
+        for stage in self.stages():
+            try:
+                await stage.aclose()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("closing stage {} failed: {}", stage.name, exc)
+
+
+def build_pipeline(
+    profile: Profile,
+    host: PluginHost,
+    *,
+    generation: int = 0,
+    positions: dict[str, int] | None = None,
+) -> Pipeline:
+    """Instantiate every stage of ``profile``; raise ``ConfigError`` listing all problems.
+
+    ``positions`` maps dotted key paths (``prompt[1].lorebook``) to YAML line numbers.
+    """
+    problems: list[Problem] = []
+    file = str(profile.source) if profile.source else f"profiles/{profile.name}.yaml"
+    positions = positions or {}
+
+    def line(path: str) -> int | None:
+        while path:
+            if path in positions:
+                return positions[path]
+            path = path.rpartition(".")[0] if "." in path else ""
+        return None
+
+    def make(ref: StageRef, kinds: tuple[str, ...], path: str) -> Any:
+        info = None
+        for kind in kinds:
+            info = host.stage(kind, ref.name)
+            if info:
+                break
+        if info is None:
+            known = sorted({n for k in kinds for n in host.stages[k]})
+            hint = difflib.get_close_matches(ref.name, known, n=1)
+            msg = f"unknown stage {ref.name!r}"
+            if hint:
+                msg += f" (did you mean {hint[0]!r}?)"
+            msg += f"; known: {', '.join(known) or 'none'}"
+            problems.append(Problem(file, line(path), path, msg))
+            return None
+        try:
+            options = info.cls.Options.model_validate(ref.options)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                loc = ".".join(str(p) for p in err["loc"])
+                sub = f"{path}.{ref.name}.{loc}" if loc else f"{path}.{ref.name}"
+                msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+                if err["type"] == "extra_forbidden":
+                    fields = ", ".join(info.cls.Options.model_fields) or "none"
+                    msg += f" (options of {ref.name}: {fields})"
+                problems.append(Problem(file, line(sub), sub, msg))
+            return None
+        try:
+            return info.cls(options)
+        except Exception as exc:
+            problems.append(Problem(file, line(path), path,
+                                    f"stage {ref.name!r} ({info.plugin}) failed to start: {exc}"))
+            return None
+
+    prompt = [make(r, ("prompt_builder", "lorebook_injector"), f"prompt[{i}]")
+              for i, r in enumerate(profile.prompt)]
+    output = [make(r, ("sanitizer",), f"output[{i}]") for i, r in enumerate(profile.output)]
+    splitter = make(profile.speech.splitter, ("sentence_splitter",), "speech.splitter")
+    cleaners = [make(r, ("sanitizer",), f"speech.cleaners[{i}]")
+                for i, r in enumerate(profile.speech.cleaners)]
+    tts = make(profile.speech.tts, ("tts_backend",), "speech.tts")
+    if problems:
+        raise ConfigError(problems)
+    return Pipeline(profile=profile, prompt=prompt, output=output, splitter=splitter,
+                    cleaners=cleaners, tts=tts, generation=generation)
+
+
+def profile_file(profiles_dir: Path, name: str) -> Path:
+    return profiles_dir / f"{name}.yaml"

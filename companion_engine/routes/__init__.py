@@ -1,0 +1,1 @@
+"""HTTP routes, each module a built-in plugin implementing ``register_routes``."""

@@ -1,0 +1,22 @@
+"""Persistent state: conversations and small settings (SQLite by default, Redis for several instances)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from companion_engine.store.base import Conversation, Store, StoredMessage
+
+__all__ = ["Conversation", "Store", "StoredMessage", "open_store"]
+
+
+async def open_store(url: str, base_dir: Path) -> Store:
+    """Open the store named by ``store.url`` (``sqlite:///path`` or ``redis://...``)."""
+    if url.startswith("sqlite:"):
+        from companion_engine.store.sqlite import SQLiteStore
+
+        return await SQLiteStore.open(url, base_dir)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from companion_engine.store.redis import RedisStore
+
+        return await RedisStore.open(url)
+    raise ValueError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or redis://)")
