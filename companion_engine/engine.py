@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from companion_engine.llm import LLMGateway
     from companion_engine.pipeline import Pipeline
     from companion_engine.plugins import PluginHost
+    from companion_engine.reload import Reloader
     from companion_engine.store import Store
 
 
@@ -55,6 +56,8 @@ class Engine:
         self.store: Store
         self.characters: CharacterStore
         self.llm: LLMGateway
+        #: Set by the reload machinery (``companion_engine.reload``) when it runs.
+        self.reloader: Reloader | None = None
         #: Model chosen with /api/models/switch; None means the profile's llm.model.
         self.model_override: str | None = None
         self._closing: set[asyncio.Task[None]] = set()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -28,6 +27,7 @@ from companion_engine.stages import (
 
 if TYPE_CHECKING:
     from companion_engine.config import Profile, StageRef
+    from companion_engine.configload import YamlDoc
     from companion_engine.plugins import PluginHost
 
 
@@ -69,22 +69,17 @@ def build_pipeline(
     host: PluginHost,
     *,
     generation: int = 0,
-    positions: dict[str, int] | None = None,
+    doc: YamlDoc | None = None,
 ) -> Pipeline:
     """Instantiate every stage of ``profile``; raise ``ConfigError`` listing all problems.
 
-    ``positions`` maps dotted key paths (``prompt[1].lorebook``) to YAML line numbers.
+    ``doc`` is the profile's parsed YAML, used to put line numbers on problems.
     """
     problems: list[Problem] = []
-    file = str(profile.source) if profile.source else f"profiles/{profile.name}.yaml"
-    positions = positions or {}
+    file = doc.display if doc else f"profiles/{profile.name}.yaml"
 
     def line(path: str) -> int | None:
-        while path:
-            if path in positions:
-                return positions[path]
-            path = path.rpartition(".")[0] if "." in path else ""
-        return None
+        return doc.line(path) if doc else None
 
     def make(ref: StageRef, kinds: tuple[str, ...], path: str) -> Any:
         info = None
@@ -131,7 +126,3 @@ def build_pipeline(
         raise ConfigError(problems)
     return Pipeline(profile=profile, prompt=prompt, output=output, splitter=splitter,
                     cleaners=cleaners, tts=tts, generation=generation)
-
-
-def profile_file(profiles_dir: Path, name: str) -> Path:
-    return profiles_dir / f"{name}.yaml"

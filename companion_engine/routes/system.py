@@ -1,1 +1,232 @@
-"""Placeholder: filled in by its issue."""
+"""Service routes: ``/``, ``/health``, ``/api/status``, ``/-/plugins``, ``/-/config``,
+``/-/reload``, ``/openapi.json`` and the offline API browser at ``/docs``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from companion_engine import __version__, hookimpl
+from companion_engine.configload import redact
+from companion_engine.engine import Engine
+from companion_engine.errors import ApiError
+from companion_engine.keys import ENGINE
+from companion_engine.openapi import ApiRoutes, build_spec, json_response
+
+SERVICE = "Companion Engine"
+routes = ApiRoutes()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RootInfo(Open):
+    status: str
+    service: str
+    version: str
+    timestamp: str
+
+
+class LLMHealth(Open):
+    provider: str
+    connected: bool
+    type: str
+
+
+class Health(Open):
+    status: str
+    version: str
+    llm: LLMHealth
+    tts: dict[str, Any]
+    config: dict[str, Any]
+    timestamp: str
+
+
+class StatusConfiguration(Open):
+    max_tokens: int
+    temperature: float
+
+
+class Status(Open):
+    status: str
+    active_model: str
+    active_provider: str
+    configuration: StatusConfiguration
+    timestamp: str
+
+
+class PluginsListing(Open):
+    plugins: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+
+
+class ReloadResult(Open):
+    success: bool
+    config: dict[str, Any]
+
+
+@routes.get("/", response=RootInfo, summary="Service information", tags=["service"], errors=())
+async def root(request: web.Request) -> web.Response:
+    return json_response({"status": "online", "service": SERVICE, "version": __version__,
+                          "timestamp": now_iso()})
+
+
+# --- provider reachability (cached: /health must stay fast) -----------------------------------
+
+LOCAL_PROVIDERS = {"ollama", "ollama_chat", "lmstudio", "lm_studio", "hosted_vllm", "llamafile",
+                   "openai_like"}
+_health_cache: dict[str, tuple[float, bool]] = {}
+HEALTH_TTL_S = 5.0
+
+
+def provider_of(model: str) -> str:
+    return model.split("/", 1)[0] if "/" in model else "openai"
+
+
+async def provider_reachable(engine: Engine) -> tuple[bool, str]:
+    """Is the active provider answering? Local servers are pinged, cloud ones need a key."""
+    llm = engine.profile.llm
+    provider = provider_of(engine.active_model)
+    kind = "local" if provider in LOCAL_PROVIDERS or llm.api_base else "cloud"
+    base = llm.api_base or ("http://localhost:11434" if provider.startswith("ollama") else None)
+    if base is None:
+        return bool(llm.api_key), kind
+    base = base.rstrip("/")
+    probe = f"{base}/api/tags" if provider.startswith("ollama") else (
+        f"{base}/models" if base.endswith("/v1") else f"{base}/v1/models")
+    cached = _health_cache.get(probe)
+    if cached and time.monotonic() - cached[0] < HEALTH_TTL_S:
+        return cached[1], kind
+    try:
+        async with engine.http.get(probe, timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+            ok = resp.status < 500
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        ok = False
+    _health_cache[probe] = (time.monotonic(), ok)
+    return ok, kind
+
+
+@routes.get("/health", response=Health, summary="Health, LLM reachability and reload status",
+            tags=["service"], errors=())
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    connected, kind = await provider_reachable(engine)
+    tts = engine.pipeline.tts
+    status = engine.reload_status
+    return json_response({
+        "status": "healthy" if status.last_error is None else "degraded",
+        "version": __version__,
+        "llm": {"provider": engine.active_model, "connected": connected, "type": kind},
+        "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled},
+        "config": status.as_dict(),
+        "timestamp": now_iso(),
+    })
+
+
+@routes.get("/api/status", response=Status, summary="Legacy status (the original frontend polls it)",
+            tags=["service"], errors=())
+async def api_status(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    llm = engine.profile.llm
+    return json_response({
+        "status": "online",
+        "active_model": engine.active_model,
+        "active_provider": provider_of(engine.active_model),
+        "configuration": {"max_tokens": llm.max_tokens, "temperature": llm.temperature,
+                          "timeout_ms": int(llm.timeout_s * 1000)},
+        "profile": engine.profile.name,
+        "character": engine.characters.active_id if hasattr(engine, "characters") else None,
+        "timestamp": now_iso(),
+    })
+
+
+@routes.get("/-/plugins", response=PluginsListing, summary="Loaded plugins and load failures",
+            tags=["introspection"], errors=(401,))
+async def plugins(request: web.Request) -> web.Response:
+    return json_response(request.app[ENGINE].plugins.listing())
+
+
+@routes.get("/-/config", summary="The running config and profile, secrets redacted",
+            tags=["introspection"], errors=(401,))
+async def config_view(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    return json_response({
+        "config": redact(engine.config.model_dump(mode="json")),
+        "profile": {"name": engine.profile.name,
+                    **redact(engine.profile.model_dump(mode="json"))},
+        "generation": engine.reload_status.generation,
+    })
+
+
+@routes.post("/-/reload", response=ReloadResult, summary="Reload config, profile and characters now",
+             tags=["introspection"], errors=(401, 422))
+async def reload_now(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    if engine.reloader is None:
+        raise ApiError(503, "reload is not available in this server")
+    await engine.reloader.reload(reason="POST /-/reload")
+    status = engine.reload_status
+    if status.last_error:
+        raise ApiError(422, "reload failed; the running config was kept", status.as_dict())
+    return json_response({"success": True, "config": status.as_dict()})
+
+
+# --- OpenAPI and the API browser ---------------------------------------------------------------
+
+
+@routes.get("/openapi.json", summary="OpenAPI 3 description of this API", tags=["service"],
+            errors=())
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(build_spec(request.app, title=SERVICE, version=__version__))
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Companion Engine API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+  deepLinking: true, presets: [SwaggerUIBundle.presets.apis]});
+"""
+
+
+def swagger_dir() -> Path:
+    import swagger_ui_bundle
+
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+@routes.get("/docs", summary="API browser (offline Swagger UI)", tags=["service"], errors=())
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_HTML, content_type="text/html")
+
+
+async def docs_init(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_INIT, content_type="application/javascript")
+
+
+async def docs_asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in {"swagger-ui.css", "swagger-ui-bundle.js"}:
+        raise web.HTTPNotFound()
+    path = swagger_dir() / name
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+
+@hookimpl
+def register_routes(engine: Engine) -> list[web.AbstractRouteDef]:
+    return [*routes, web.get("/docs/init.js", docs_init),
+            web.get("/docs/assets/{name}", docs_asset)]

@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Both create .venv and install the project into it when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench check clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(STAMP)
+
+## serve the companion on http://127.0.0.1:3000 (SQLite store, espeak-ng voice)
+run: $(STAMP)
+	$(BIN)/companion serve
+
+## run the whole test suite
+test: $(STAMP)
+	@scripts/ensure-redis || true
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check companion_engine tests benchmarks
+
+check: $(STAMP)
+	$(BIN)/companion check
+
+## benchmarks print their numbers (see docs/benchmarks.md)
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

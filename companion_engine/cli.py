@@ -1,0 +1,223 @@
+"""The ``companion`` command: ``serve``, ``check`` and ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from companion_engine import __version__
+from companion_engine.errors import ConfigError, Problem, StartupError
+
+DESCRIPTION = """\
+Companion Engine: a server for AI companion apps (character chat with streaming voice).
+
+Commands:
+  serve     start the HTTP + SSE server (default http://127.0.0.1:3000)
+  check     validate companion.yaml, the profiles, the characters and the plugins
+  plugins   list installed plugins, their hooks and stages, and load failures
+
+Run `companion COMMAND --help` for a command's options.
+"""
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, metavar="PATH",
+                   help="server config file (default: ./companion.yaml if it exists)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="companion", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"companion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="start the server",
+        description="Start the HTTP + SSE server. Config files are watched and re-applied "
+                    "live unless --no-reload is given.")
+    _config_arg(serve)
+    serve.add_argument("--host", help="address to bind (overrides server.host and APP_HOST)")
+    serve.add_argument("--port", type=int, help="port to bind (overrides server.port and APP_PORT)")
+    serve.add_argument("--profile", help="profile name in profiles/ (overrides `profile:`)")
+    serve.add_argument("--no-reload", action="store_true",
+                       help="do not watch config, profiles, characters and plugins for changes")
+
+    check = sub.add_parser(
+        "check", help="validate config, profiles, characters and plugins",
+        description="Validate everything the server would load. Prints `file:line: message` "
+                    "per problem and exits 1, or a summary and exits 0.")
+    _config_arg(check)
+
+    plugins = sub.add_parser(
+        "plugins", help="list plugins",
+        description="List plugins (built-in and installed), their version, hooks and the "
+                    "stages they register, plus plugins that failed to load and why.")
+    _config_arg(plugins)
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument("--all", action="store_true", help="include built-in plugins")
+    return parser
+
+
+def _config_path(arg: Path | None) -> Path | None:
+    if arg is not None:
+        return arg
+    default = Path("companion.yaml")
+    return default if default.is_file() else None
+
+
+def _print_problems(problems: list[Problem] | list[str]) -> None:
+    for p in problems:
+        print(str(p), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "check":
+            return cmd_check(args)
+        return cmd_plugins(args)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 1
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from companion_engine.configload import load_config
+    from companion_engine.logs import setup_logging
+
+    config = load_config(_config_path(args.config))
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    if args.profile:
+        config.profile = args.profile
+    if args.no_reload:
+        config.reload = False
+    json_dir = config.path("data") / "logs" if config.logging.json_file else None
+    setup_logging(config.logging.level, json_dir)
+    if not is_loopback(config.server.host) and not config.server.api_key:
+        raise StartupError(
+            f"refusing to bind {config.server.host}: a non-loopback address needs "
+            "server.api_key (or COMPANION_API_KEY) so the API is not open to the network")
+    asyncio.run(_serve(config))
+    return 0
+
+
+async def _serve(config: Any) -> None:
+    from aiohttp import web
+    from loguru import logger
+
+    from companion_engine.app import create_app
+    from companion_engine.keys import ENGINE
+
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    engine = app[ENGINE]
+    port = config.server.port
+    for sock in getattr(site._server, "sockets", None) or []:
+        port = sock.getsockname()[1]
+        break
+    character = engine.characters.active_id if hasattr(engine, "characters") else None
+    logger.info(
+        "ready on http://{}:{} profile={} character={} llm={} tts={} reload={}",
+        config.server.host, port, engine.profile.name, character or "-", engine.active_model,
+        engine.pipeline.tts.name if engine.profile.speech.enabled else "off",
+        "on" if config.reload else "off")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if hasattr(signal, "SIGHUP"):
+        def on_hup() -> None:
+            if engine.reloader is not None:
+                engine.reloader.request("SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("shutting down")
+        await runner.cleanup()
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate without serving; asyncio only for the character store's loader."""
+    from companion_engine.checks import run_checks
+
+    problems, summary = asyncio.run(run_checks(_config_path(args.config)))
+    if problems:
+        _print_problems(problems)
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for line in summary:
+        print(line)
+    return 0
+
+
+# --- plugins ---------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from companion_engine.configload import load_config
+    from companion_engine.plugins import PluginHost
+
+    config = load_config(_config_path(args.config))
+    host = PluginHost.load(config.path("plugins"))
+    listing = host.listing(include_builtin=args.all or args.json)
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for p in listing["plugins"]:
+        version = f" {p['version']}" if p["version"] else ""
+        origin = " (built-in)" if p["builtin"] else (f" ({p['source']})" if p["source"] else "")
+        print(f"{p['name']}{version}{origin}")
+        if p["hooks"]:
+            print(f"  hooks:  {', '.join(p['hooks'])}")
+        for kind, names in p["stages"].items():
+            print(f"  {kind.replace('_', ' ')}s: {', '.join(names)}")
+    if not listing["plugins"]:
+        print("no third-party plugins installed (use --all to include built-ins)")
+    for err in listing["errors"]:
+        where = f" ({err['source']})" if err.get("source") else ""
+        print(f"FAILED {err['plugin']}{where}: {err['stage']}: {err['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
