@@ -21,6 +21,7 @@ from companion_engine.keys import ENGINE
 from companion_engine.middlewares import error_middleware, request_id_middleware
 from companion_engine.pipeline import build_pipeline
 from companion_engine.plugins import PluginFailure, PluginHost
+from companion_engine.security import install_security
 
 #: The largest body any route accepts (character uploads: 5 MB plus multipart framing).
 #: JSON routes enforce the smaller ``server.max_body_bytes`` themselves.
@@ -45,6 +46,7 @@ def create_app(
         client_max_size=max(CLIENT_MAX_SIZE, config.server.max_body_bytes),
     )
     app[ENGINE] = engine
+    install_security(app)
     app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, hooks_ctx])
     for plugin, route in host.collect_routes(engine):
         try:

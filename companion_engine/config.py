@@ -7,6 +7,8 @@ or ``{name: {options}}``; ``StageRef`` is its normalised form.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,24 @@ class ServerConfig(ConfigModel):
     #: Concurrent chat streams one client IP may hold open.
     max_streams_per_ip: int = Field(default=4, ge=1)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin, re.I):
+                raise ValueError(f"{origin!r} is not an origin like http://host:port (no path)")
+        return [origin.lower() for origin in v]
+
 
 class PathsConfig(ConfigModel):
     profiles: Path = Path("profiles")
@@ -89,6 +109,8 @@ class StoreConfig(ConfigModel):
 class RateLimitConfig(ConfigModel):
     requests: int = Field(default=100, ge=1, le=100_000)
     window_s: float = Field(default=60, gt=0, le=86_400)
+    #: Clients whose buckets are remembered (least recently seen forgotten first).
+    max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
 class LoggingConfig(ConfigModel):
