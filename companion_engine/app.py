@@ -21,6 +21,7 @@ from companion_engine.keys import ENGINE
 from companion_engine.middlewares import error_middleware, request_id_middleware
 from companion_engine.pipeline import build_pipeline
 from companion_engine.plugins import PluginFailure, PluginHost
+from companion_engine.reload import reload_ctx
 from companion_engine.security import install_security
 
 #: The largest body any route accepts (character uploads: 5 MB plus multipart framing).
@@ -47,7 +48,8 @@ def create_app(
     )
     app[ENGINE] = engine
     install_security(app)
-    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, hooks_ctx])
+    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, hooks_ctx,
+                           reload_ctx])
     for plugin, route in host.collect_routes(engine):
         try:
             app.router.add_routes([route])
