@@ -1,0 +1,289 @@
+"""One turn's speech: sentences in, ``audio_ready`` / ``audio_error`` events out, in order.
+
+The chat runner calls ``add(sentence)`` as the splitter yields each sentence
+(never blocking the token stream) and ``finish()`` at the end of the reply.
+Behind it, three kinds of task:
+
+- one *cleaner* task feeds the sentences through the profile's
+  ``speech.cleaners`` (stateful async generators, one item per sentence, in
+  order) and schedules synthesis of each cleaned sentence at once;
+- *synthesis* tasks, at most ``speech.concurrency`` running at a time, so
+  sentence n+1 is being made while n is sent;
+- one *sender* task that awaits the syntheses in sentence order and emits.
+
+A sentence whose speech text comes out empty (an action, a code block, only
+emoji or punctuation) is not spoken and gets no audio event; its index is
+simply skipped. A failed synthesis gives ``audio_error`` for that index and
+the rest goes on. ``aclose()`` cancels everything still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from companion_engine.speech.wav import WavError, wav_info
+
+if TYPE_CHECKING:
+    from companion_engine.pipeline import Pipeline
+    from companion_engine.stages import Audio
+    from companion_engine.turn import Turn
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+#: ``turn.stash`` key: ``{sentence index: [expression tags]}``.
+EXPRESSIONS_KEY = "expressions"
+
+_SPACES = re.compile(r"\s+")
+
+
+def speakable(text: str) -> str:
+    """The text a TTS engine should get: entities decoded, whitespace collapsed.
+
+    Empty when nothing pronounceable is left (only punctuation or symbols).
+    """
+    text = _SPACES.sub(" ", html.unescape(text)).strip()
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
+@dataclass(slots=True)
+class SpeechItem:
+    """One sentence on its way to audio, with the times it passed each step."""
+
+    index: int
+    sentence: str
+    added_at: float
+    expressions: list[str] = field(default_factory=list)
+    spoken: str | None = None
+    error: str | None = None
+    task: asyncio.Task[Audio] | None = None
+    cleaned_at: float | None = None
+    synth_started_at: float | None = None
+    synth_done_at: float | None = None
+    emitted_at: float | None = None
+
+    def timings(self) -> dict[str, Any]:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - self.added_at) * 1000, 3)
+
+        return {"index": self.index, "cleaned_ms": ms(self.cleaned_at),
+                "synth_start_ms": ms(self.synth_started_at),
+                "synth_done_ms": ms(self.synth_done_at), "emitted_ms": ms(self.emitted_at),
+                "synth_ms": None if self.synth_done_at is None or self.synth_started_at is None
+                else round((self.synth_done_at - self.synth_started_at) * 1000, 3)}
+
+
+class SpeechSession:
+    """Cleans, synthesises and emits the audio of one turn's sentences, in order."""
+
+    def __init__(self, pipeline: Pipeline, turn: Turn, emit: Emit) -> None:
+        self.pipeline = pipeline
+        self.turn = turn
+        self._emit = emit
+        #: ``time.perf_counter()`` when the first ``audio_ready`` was emitted.
+        self.first_audio_at: float | None = None
+        self.items: list[SpeechItem] = []
+        self._speaks = bool(getattr(pipeline.tts, "speaks", True))
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._ready: asyncio.Queue[SpeechItem | None] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(pipeline.profile.speech.concurrency)
+        self._cleaner: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._finishing = False
+        self._closed = False
+        self._extract = next(
+            (c.extract_expressions for c in pipeline.cleaners
+             if callable(getattr(c, "extract_expressions", None))), None)
+        turn.stash.setdefault(EXPRESSIONS_KEY, {})
+
+    # --- the runner's side ------------------------------------------------------------------
+
+    def add(self, sentence: str) -> int:
+        """Queue one sentence; returns its index. Never blocks."""
+        index = len(self.items)
+        item = SpeechItem(index, sentence, time.perf_counter())
+        if self._extract is not None:
+            item.expressions = list(self._extract(sentence))
+            if item.expressions:
+                self.turn.stash[EXPRESSIONS_KEY][index] = item.expressions
+        self.items.append(item)
+        if self._closed or self._finishing:
+            logger.debug("speech session closed; sentence {} not spoken", index)
+            return index
+        if not self._speaks:
+            return index
+        if self._cleaner is None:
+            self._cleaner = self._spawn(self._clean(), "speech-clean")
+            self._sender = self._spawn(self._send(), "speech-send")
+        self._inbox.put_nowait(sentence)
+        return index
+
+    def expressions(self, index: int) -> list[str]:
+        """Expression tags (``[joy]`` -> ``"joy"``) found in sentence ``index``."""
+        return self.items[index].expressions if 0 <= index < len(self.items) else []
+
+    async def finish(self) -> None:
+        """Wait until every sentence added so far has its event (or none, if silent)."""
+        if self._finishing:
+            if self._sender is not None and not self._closed:
+                await asyncio.wait({self._sender})
+            return
+        self._finishing = True
+        if self._sender is None or self._closed:
+            return
+        self._inbox.put_nowait(None)
+        try:
+            await self._sender
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Cancel pending cleaning and synthesis (the client went away). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._cleaner, self._sender) if t is not None]
+        tasks += [i.task for i in self.items if i.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def timings(self) -> list[dict[str, Any]]:
+        """Per sentence: ms from ``add`` to cleaned, synthesis start/end and emission."""
+        return [i.timings() for i in self.items]
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def _source(self) -> AsyncIterator[str]:
+        while (sentence := await self._inbox.get()) is not None:
+            yield sentence
+
+    async def _clean(self) -> None:
+        """Run the cleaner chain once over all sentences; schedule synthesis per output."""
+        stream: AsyncIterator[str] = self._source()
+        chain = [stream]
+        for cleaner in self.pipeline.cleaners:
+            stream = cleaner.process(stream, self.turn)
+            chain.append(stream)
+        done = 0
+        try:
+            async for spoken in stream:
+                if done >= len(self.items):
+                    logger.warning("a speech cleaner yielded more items than sentences; "
+                                   "extra output ignored")
+                    continue
+                item = self.items[done]
+                done += 1
+                self._cleaned(item, spoken)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("speech cleaner failed")
+            reason = f"speech cleaner failed: {type(exc).__name__}: {exc}"
+            for item in self.items[done:]:
+                item.error = reason
+                self._ready.put_nowait(item)
+            done = len(self.items)
+            # Later sentences still get their audio_error, in order.
+            while await self._inbox.get() is not None:
+                item = self.items[done]
+                done += 1
+                item.error = reason
+                self._ready.put_nowait(item)
+        finally:
+            for gen in reversed(chain):
+                aclose = getattr(gen, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:  # a broken generator is already reported
+                        pass
+        if done < len(self.items):
+            logger.warning("speech cleaners yielded {} items for {} sentences",
+                           done, len(self.items))
+        self._ready.put_nowait(None)
+
+    def _cleaned(self, item: SpeechItem, spoken: str) -> None:
+        item.cleaned_at = time.perf_counter()
+        item.spoken = speakable(spoken)
+        if item.spoken:
+            item.task = asyncio.ensure_future(self._synthesize(item))
+        self._ready.put_nowait(item)
+
+    async def _synthesize(self, item: SpeechItem) -> Audio:
+        assert item.spoken is not None
+        async with self._slots:
+            item.synth_started_at = time.perf_counter()
+            try:
+                return await self.pipeline.tts.synthesize(item.spoken, self.turn)
+            finally:
+                item.synth_done_at = time.perf_counter()
+
+    async def _send(self) -> None:
+        while (item := await self._ready.get()) is not None:
+            if item.error is None and item.task is None:
+                continue  # nothing to say for this sentence
+            audio = None
+            if item.error is None and item.task is not None:
+                try:
+                    audio = await item.task
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    item.error = str(exc) or type(exc).__name__
+                    logger.warning("TTS failed for sentence {}: {}", item.index, item.error)
+            if audio is None:
+                await self._emit("audio_error", {"index": item.index, "sentence": item.sentence,
+                                                 "error": item.error})
+                continue
+            await self._emit("audio_ready", audio_event(item, audio))
+            item.emitted_at = time.perf_counter()
+            if self.first_audio_at is None:
+                self.first_audio_at = item.emitted_at
+
+
+def audio_event(item: SpeechItem, audio: Audio) -> dict[str, Any]:
+    """The ``audio_ready`` payload of one sentence."""
+    duration_ms = audio.duration_ms
+    sample_rate = audio.sample_rate
+    if audio.format == "wav" and duration_ms is None:
+        try:
+            info = wav_info(audio.data)
+            duration_ms, sample_rate = info.duration_ms, info.sample_rate
+        except WavError:
+            pass
+    event: dict[str, Any] = {
+        "index": item.index,
+        "sentence": item.sentence,
+        "text": item.spoken,
+        "format": audio.format,
+        "sample_rate": sample_rate,
+        "audio": base64.b64encode(audio.data).decode("ascii"),
+        "duration_ms": duration_ms,
+        "visemes": audio.visemes,
+    }
+    if item.expressions:
+        event["expression"] = item.expressions[0]
+        event["expressions"] = item.expressions
+    return event
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.opt(exception=task.exception()).debug("{} ended with an error", task.get_name())

@@ -1,0 +1,85 @@
+"""SpeechSession: ordered audio events, bounded concurrency, failures isolated, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from companion_engine.speech.session import SpeechSession
+from tests.speech_helpers import Recorder, decoded_duration_ms, make_pipeline, make_turn
+
+SENTENCES = [
+    "Hello there, traveller.",
+    "The forest is quiet tonight, and the stars are out.",
+    "Shall we walk a little further?",
+    "I know a place by the river where the water sings.",
+]
+
+
+async def test_audio_events_arrive_in_sentence_order_with_real_audio() -> None:
+    pipeline = make_pipeline({"cleaners": [], "concurrency": 3})
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    for i, s in enumerate(SENTENCES):
+        assert session.add(s) == i
+    await session.finish()
+    assert rec.names() == ["audio_ready"] * len(SENTENCES)
+    assert rec.indexes() == list(range(len(SENTENCES)))
+    for (_, event), sentence in zip(rec.events, SENTENCES, strict=True):
+        assert event["sentence"] == sentence
+        assert event["format"] == "wav"
+        assert event["sample_rate"] == 22050
+        assert decoded_duration_ms(event) == event["duration_ms"] > 300
+        assert {v["viseme"] for v in event["visemes"]} - {"sil"}
+    assert session.first_audio_at is not None
+    # Longer sentences give longer audio: the text really was spoken.
+    durations = [e["duration_ms"] for _, e in rec.events]
+    assert durations[1] > durations[0]
+
+
+async def test_silent_sentences_are_skipped_without_breaking_order() -> None:
+    pipeline = make_pipeline({"cleaners": ["emoji"]})
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    session.add("First one.")
+    session.add("😊 🎉")
+    session.add("!!! ...")
+    session.add("Last one.")
+    await session.finish()
+    assert rec.indexes() == [0, 3]
+    assert [e["text"] for _, e in rec.events] == ["First one.", "Last one."]
+
+
+async def test_finish_without_sentences_and_aclose_are_idempotent() -> None:
+    pipeline = make_pipeline({"cleaners": []})
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    await session.finish()
+    await session.aclose()
+    await session.aclose()
+    assert rec.events == []
+
+
+async def test_aclose_cancels_pending_synthesis() -> None:
+    pipeline = make_pipeline({"cleaners": [], "concurrency": 1})
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    long = "This is a long sentence that takes espeak a little while to speak. " * 20
+    for _ in range(20):
+        session.add(long)
+    await asyncio.sleep(0)
+    await session.aclose()
+    assert len(rec.events) < 20
+    assert all(i.task is None or i.task.done() for i in session.items)
+    # Nothing is emitted after the close.
+    before = len(rec.events)
+    await asyncio.sleep(0.05)
+    assert len(rec.events) == before
+
+
+async def test_none_backend_speaks_nothing() -> None:
+    pipeline = make_pipeline({"tts": "none"})
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    session.add("Hello there.")
+    await session.finish()
+    assert rec.events == []
