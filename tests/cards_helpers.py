@@ -50,6 +50,17 @@ def same_card(a: Character, b: Character) -> bool:
     return card_data(a) == card_data(b) and a.root_extra == b.root_extra
 
 
+def contains(got: Any, want: Any) -> bool:
+    """``got`` has everything ``want`` has (objects may have more keys, e.g. spec defaults)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and contains(got[k], v)
+                                              for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(
+            contains(g, w) for g, w in zip(got, want, strict=True))
+    return bool(got == want)
+
+
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file of a folder (hidden temp files included) with its bytes."""
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}

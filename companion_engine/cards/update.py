@@ -35,6 +35,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def combine_patches(first: Any, second: Any) -> Any:
+    """One patch doing ``first`` then ``second`` (``second``'s nulls still delete)."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return {**first, **{k: combine_patches(first.get(k), v) for k, v in second.items()}}
+    return second
+
+
 def apply_patch(character: Character, patch: dict[str, Any]) -> ParsedCard:
     """``character`` with ``patch`` merged into its data, validated; ``CardError`` if not."""
     unknown = sorted(k for k in patch if k not in CARD_FIELDS and k not in character.model_extra)
