@@ -119,6 +119,9 @@ class WatchedPaths:
     def classify(self, path: Path) -> Kind | None:
         """What a change of ``path`` affects, or None when it does not matter."""
         name, parent, suffix = path.name, path.parent, path.suffix.lower()
+        if self.config_file is not None and parent == self.config_file.parent and (
+                name in (self.config_file.name, ".env")):
+            return "config"
         if is_temp_name(name):
             return None
         if parent == self.characters and suffix in CHARACTER_SUFFIXES:
@@ -127,9 +130,6 @@ class WatchedPaths:
             return "plugins"
         if parent == self.profiles and suffix == ".yaml":
             return "profiles"
-        if self.config_file is not None and parent == self.config_file.parent and (
-                name in (self.config_file.name, ".env")):
-            return "config"
         return None
 
     def is_folder_event(self, change: Change, path: Path) -> bool:

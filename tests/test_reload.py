@@ -7,6 +7,7 @@ temp file and renaming it) and watches the running server change, or refuse to.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,73 @@ def config_reloaded(engine):
     assert (await client.post("/-/reload")).status == 200
     assert (await client.post("/-/reload")).status == 200
     assert marker.read_text().split() == ["2", "3"]
+
+
+# --- characters -------------------------------------------------------------------------------
+
+
+async def _character_names(client: TestClient) -> dict[str, str]:
+    body = await (await client.get("/api/characters")).json()
+    return {c["id"]: c["name"] for c in body["data"]}
+
+
+async def test_character_files_edited_by_hand_appear_change_and_leave(
+        start: Start, cards_dir: Path) -> None:
+    client, cfg = await start("A")
+    engine = client.server.app[ENGINE]
+    card = json.loads((cards_dir / "seraphina.v2.chara.json").read_text(encoding="utf-8"))
+    target = cfg.path("characters") / "seraphina.json"
+
+    save(target, json.dumps(card))
+    names = await wait_until(lambda: _names_if(client, "seraphina"), what="card to appear")
+    assert names["seraphina"] == "Seraphina"
+    first = engine.characters.get("seraphina")
+
+    card["data"]["name"] = card["name"] = "Seraphina the Second"
+    save(target, json.dumps(card))
+    await wait_until(lambda: _name_is(client, "seraphina", "Seraphina the Second"),
+                     what="card to change")
+    assert engine.characters.get("seraphina") is not first  # a new object: caches rebuild
+
+    target.unlink()
+    await wait_until(lambda: _gone(client, "seraphina"), what="card to leave")
+    # Character changes never touch the pipeline.
+    assert (await reload_status(client))["generation"] == 1
+
+
+async def _names_if(client: TestClient, cid: str) -> dict[str, str] | None:
+    names = await _character_names(client)
+    return names if cid in names else None
+
+
+async def _name_is(client: TestClient, cid: str, name: str) -> bool:
+    return (await _character_names(client)).get(cid) == name
+
+
+async def _gone(client: TestClient, cid: str) -> bool:
+    return cid not in await _character_names(client)
+
+
+async def test_profile_character_change_updates_the_default(start: Start, cards_dir: Path) -> None:
+    client, cfg = await start("A")
+    engine = client.server.app[ENGINE]
+    card = (cards_dir / "seraphina.v2.chara.json").read_text(encoding="utf-8")
+    save(cfg.path("characters") / "seraphina.json", card)
+    await wait_until(lambda: _names_if(client, "seraphina"), what="card to appear")
+    save_yaml(profile_file(cfg), probe_profile("A", character="seraphina"))
+    await wait_generation(client, 2)
+    assert engine.characters.default_id == "seraphina"
+    assert engine.characters.active_id == "seraphina"
+
+
+async def test_characters_folder_removed_and_recreated_is_watched_again(
+        start: Start, cards_dir: Path) -> None:
+    client, cfg = await start("A")
+    folder = cfg.path("characters")
+    folder.rmdir()
+    await asyncio.sleep(0.3)
+    folder.mkdir()
+    await asyncio.sleep(0.3)  # the watcher sets itself up on the new folder
+    save(folder / "aqua.json", (cards_dir / "aqua.v1.chara.json").read_text(encoding="utf-8"))
+    names = await wait_until(lambda: _names_if(client, "aqua"), what="card in new folder")
+    assert names["aqua"] == "Aqua"
