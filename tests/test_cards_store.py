@@ -264,3 +264,11 @@ async def test_missing_folder_is_empty_and_created_on_first_write(tmp_path: Path
     assert store.list() == []
     await store.add(card_from_object(v2("First")))
     assert (tmp_path / "nope" / "first.json").is_file()
+
+
+async def test_problems_read_as_file_line_path_message(folder: Path, db: Store) -> None:
+    (folder / "nameless.yaml").write_text("description: x\nname: ''\n", encoding="utf-8")
+    store = CharacterStore(folder, db)
+    await store.load()
+    (problem,) = store.problems
+    assert str(problem) == f"{folder / 'nameless.yaml'}:2: name: is empty"

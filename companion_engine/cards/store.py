@@ -279,9 +279,11 @@ def _read(path: Path, container: Container, display: str, size: int) -> CardFile
         else:
             parsed = parse_card(path.read_bytes())
     except CardError as exc:
-        first = exc.issues[0] if exc.issues else None
-        line = exc.line or (first.line if first else None)
-        return Problem(display, line, first.path if first else "", exc.message)
+        if not exc.issues:
+            return Problem(display, exc.line, "", exc.message)
+        first, more = exc.issues[0], len(exc.issues) - 1
+        message = first.message + (f" (and {more} more problem(s))" if more else "")
+        return Problem(display, exc.line or first.line, first.path, message)
     except OSError as exc:
         return Problem(display, None, "", f"cannot read: {exc.strerror}")
     return CardFile(parsed.character, path, parsed.container, parsed.warnings, (0, 0))
