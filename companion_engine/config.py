@@ -167,6 +167,7 @@ class LLMConfig(ConfigModel):
 
 DEFAULT_PROMPT: list[StageSpec] = [
     "system_prompt",
+    "first_message",
     {"lorebook": {}},
     "character_definition",
     "example_dialogue",

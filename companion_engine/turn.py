@@ -32,6 +32,9 @@ class LoreActivation:
     source: str = "character"
     depth: int | None = None
     role: str | None = None
+    #: The key that activated it (or ``constant`` / ``@@activate``).
+    matched: str | None = None
+    tokens: int = 0
 
 
 @dataclass

@@ -1,1 +1,182 @@
-"""Placeholder: filled in by its issue."""
+"""The ``lorebook`` stage: World Info from the card's ``character_book`` and lorebook files.
+
+It only *records* what activated (``turn.slots``, ``turn.depth_injections``,
+``turn.lore``); the prompt builders place it. Defaults follow SillyTavern 1.12
+with its fresh-install settings; ``semantics: spec`` follows the Character Card
+spec instead (see ``docs/lorebook.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from companion_engine import hookimpl
+from companion_engine.cards.model import CharacterBook
+from companion_engine.lorebook import (
+    CompiledLore,
+    CompileSettings,
+    Lorebook,
+    LorebookFiles,
+    LoreCache,
+    ScanOptions,
+    Source,
+    chat_for_scan,
+    compile_lore,
+    from_character_book,
+    place,
+    scan,
+)
+from companion_engine.stages import LorebookInjector, StageOptions
+from companion_engine.tokens import get_counter
+from companion_engine.turn import LoreActivation, Turn
+
+#: Books with more entries than this compile in a thread (off the event loop).
+THREAD_COMPILE_ENTRIES = 300
+
+
+class LorebookStage(LorebookInjector):
+    """Activates lorebook entries for the turn, SillyTavern-style."""
+
+    name: ClassVar[str] = "lorebook"
+    description: ClassVar[str] = ("World Info: the card's character_book and lorebook files, "
+                                  "activated as SillyTavern 1.12 does")
+
+    class Options(StageOptions):
+        #: Newest messages scanned for keys (SillyTavern ``world_info_depth``).
+        scan_depth: int = Field(default=2, ge=0, le=1000)
+        match_whole_words: bool = True
+        case_sensitive: bool = False
+        #: Activated entries' contents may activate further entries.
+        recursive: bool = True
+        #: 0 = until nothing new activates.
+        max_recursion_steps: int = Field(default=0, ge=0, le=100)
+        #: Tokens of lore per turn (counted with the model's tokenizer when it has one).
+        token_budget: int = Field(default=800, ge=1, le=1_000_000)
+        #: Scan ``"Name: message"`` rather than the bare message.
+        include_names: bool = True
+        #: Widen the scan one message at a time until this many entries activated.
+        min_activations: int = Field(default=0, ge=0, le=1000)
+        min_activations_depth_max: int = Field(default=0, ge=0, le=1000)
+        #: Scan order of the card's lore vs lorebook files.
+        insertion_strategy: Literal["character_first", "global_first", "evenly"] = (
+            "character_first")
+        #: ``sillytavern``: behave like SillyTavern 1.12. ``spec``: honour the card's
+        #: own settings (entry ``case_sensitive``, book ``scan_depth``/``token_budget``/
+        #: ``recursive_scanning``, V3 ``use_regex``, ``priority`` and decorators).
+        semantics: Literal["sillytavern", "spec"] = "sillytavern"
+        #: Use the active card's ``character_book``.
+        character_book: bool = True
+        #: Standalone lorebook files (relative to the folder of ``companion.yaml``).
+        files: list[str] = Field(default_factory=list)
+        #: Seed for probability rolls and inclusion groups (None: random each turn).
+        seed: int | None = None
+
+    def __init__(self, options: StageOptions | None = None) -> None:
+        super().__init__(options)
+        self.cache = LoreCache()
+        self.files = LorebookFiles()
+
+    @property
+    def opts(self) -> LorebookStage.Options:
+        assert isinstance(self.options, LorebookStage.Options)
+        return self.options
+
+    def _paths(self, turn: Turn) -> list[Path]:
+        base = turn.engine.config.base_dir if turn.engine is not None else Path.cwd()
+        return [p if p.is_absolute() else (base / p) for p in map(Path, self.opts.files)]
+
+    async def compiled(self, turn: Turn) -> CompiledLore:
+        """The compiled lore for this turn's character and files (cached)."""
+        o = self.opts
+        spec = o.semantics == "spec"
+        book: CharacterBook | None = None
+        if o.character_book and turn.character is not None:
+            book = turn.character.character_book
+        files: list[Lorebook] = []
+        if o.files:
+            files = await asyncio.to_thread(self.files.load, self._paths(turn), spec=spec)
+        settings = CompileSettings(
+            case_sensitive=o.case_sensitive, match_whole_words=o.match_whole_words, spec=spec,
+            strategy=o.insertion_strategy, char_name=turn.char_name, user_name=turn.user_name)
+        pins: tuple[Any, ...] = (book, *files)
+        lore = self.cache.get(pins, settings)
+        if lore is not None:
+            return lore
+
+        def build() -> CompiledLore:
+            sources = [Source(b, character=False) for b in files]
+            if book is not None:
+                char_name = turn.character.name if turn.character else "character"
+                sources.insert(0, Source(from_character_book(book, char_name, spec=spec)))
+            return compile_lore(sources, settings)
+
+        size = (len(book.entries) if book else 0) + sum(len(b.entries) for b in files)
+        lore = await asyncio.to_thread(build) if size > THREAD_COMPILE_ENTRIES else build()
+        self.cache.put(pins, settings, lore)
+        return lore
+
+    def scan_options(self, lore: CompiledLore) -> ScanOptions:
+        o = self.opts
+        spec = o.semantics == "spec"
+        budget, recursive = o.token_budget, o.recursive
+        depth = o.scan_depth
+        if spec:
+            budget = lore.token_budget or budget
+            recursive = lore.recursive_scanning if lore.recursive_scanning is not None \
+                else recursive
+        return ScanOptions(scan_depth=depth, recursive=recursive,
+                           max_recursion_steps=o.max_recursion_steps, token_budget=budget,
+                           min_activations=o.min_activations,
+                           min_activations_depth_max=o.min_activations_depth_max, spec=spec)
+
+    async def inject(self, turn: Turn) -> None:
+        lore = await self.compiled(turn)
+        counter = await get_counter(turn.model or turn.profile.llm.model)
+        opts = self.scan_options(lore)
+        result = scan(lore, chat_for_scan(scan_messages(turn, self.opts.include_names)), opts,
+                      count=counter.count, char=turn.char_name, user=turn.user_name,
+                      rng=random.Random(self.opts.seed) if self.opts.seed is not None else None)
+        placement = place(result.activated)
+        for position, contents in placement.slots.items():
+            turn.slots.setdefault(position, []).extend(contents)
+        for depth, role, text in placement.depth_injections:
+            turn.depth_injections.append((depth, role, text))  # type: ignore[arg-type]
+        for act in placement.ordered:
+            e = act.entry
+            at_depth = e.position == "at_depth"
+            turn.lore.append(LoreActivation(
+                id=e.uid, comment=e.comment, position=e.position, order=e.order,
+                source=e.source, depth=e.depth if at_depth else None,
+                role=e.role if at_depth else None, matched=act.matched, tokens=act.tokens))
+        turn.stash.setdefault("lorebook", {}).update({
+            "entries": len(lore.entries),
+            "activated": len(result.activated),
+            "tokens": result.tokens,
+            "token_budget": opts.token_budget,
+            "overflowed": result.overflowed,
+            "passes": result.passes,
+            "tokenizer": counter.name,
+            "warnings": list(lore.warnings),
+        })
+
+
+def scan_messages(turn: Turn, include_names: bool = True) -> list[tuple[str, str]]:
+    """The chat as the scan sees it, oldest first: history, the greeting, the user message."""
+    user, char = turn.user_name, turn.char_name
+    names = {"user": user, "assistant": char}
+    chat = [(names[m["role"]] if include_names else "", m["content"])
+            for m in turn.history if m["role"] in names]
+    if turn.greeting and not turn.history:
+        chat.append((char if include_names else "", turn.greeting))
+    chat.append((user if include_names else "", turn.user_message))
+    return chat
+
+
+@hookimpl
+def register_lorebook_injectors() -> list[type[LorebookInjector]]:
+    return [LorebookStage]

@@ -1,1 +1,274 @@
-"""Placeholder: filled in by its issue."""
+"""The built-in prompt builders, in SillyTavern's chat-completion order by default.
+
+``system_prompt`` -> (lore before) ``character_definition`` (lore after) ->
+``example_dialogue`` -> ``history`` (with depth injections) ->
+``post_history_instructions``. ``first_message`` opens a new conversation with
+the card's greeting. Each appends ``{role, content}`` messages to
+``turn.messages``; empty parts add nothing. See ``docs/prompt.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from companion_engine import hookimpl
+from companion_engine.cards.macros import with_original
+from companion_engine.errors import ApiError
+from companion_engine.prompting import HISTORY_STASH, expand
+from companion_engine.stages import PromptBuilder, StageOptions
+from companion_engine.tokens import get_counter
+from companion_engine.turn import Message, Role, Turn
+
+#: SillyTavern's default main prompt (chat completion).
+DEFAULT_SYSTEM_PROMPT = ("Write {{char}}'s next reply in a fictional chat between {{char}} "
+                         "and {{user}}.")
+_START = re.compile(r"<START>", re.IGNORECASE)
+
+
+def _system(turn: Turn, text: str) -> None:
+    if text.strip():
+        turn.messages.append({"role": "system", "content": text.strip()})
+
+
+class SystemPrompt(PromptBuilder):
+    """The main system prompt; the card's ``system_prompt`` replaces it (``{{original}}``)."""
+
+    name: ClassVar[str] = "system_prompt"
+    description: ClassVar[str] = "system prompt, replaced by the card's system_prompt"
+
+    class Options(StageOptions):
+        text: str = DEFAULT_SYSTEM_PROMPT
+        #: Let the card's ``system_prompt`` replace ``text`` (the V2 spec's default).
+        prefer_character: bool = True
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, SystemPrompt.Options)
+        text = o.text
+        if o.prefer_character and turn.character is not None:
+            text = with_original(turn.character.system_prompt, text)
+        _system(turn, expand(turn, text))
+
+
+class CharacterDefinition(PromptBuilder):
+    """Lore before, description, personality, scenario, lore after: one system message each."""
+
+    name: ClassVar[str] = "character_definition"
+    description: ClassVar[str] = "character description, personality and scenario with lore"
+
+    class Options(StageOptions):
+        personality_format: str = "[{{char}}'s personality: {{personality}}]"
+        scenario_format: str = "[Circumstances and context of the dialogue: {{scenario}}]"
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, CharacterDefinition.Options)
+        _system(turn, "\n".join(turn.slots.get("before_char", [])))
+        card = turn.character
+        if card is not None:
+            _system(turn, expand(turn, card.description))
+            if card.personality.strip():
+                _system(turn, expand(turn, o.personality_format.replace(
+                    "{{personality}}", card.personality.strip())))
+            if card.scenario.strip():
+                _system(turn, expand(turn, o.scenario_format.replace(
+                    "{{scenario}}", card.scenario.strip())))
+        _system(turn, "\n".join(turn.slots.get("after_char", [])))
+
+
+def example_blocks(turn: Turn) -> list[str]:
+    """The card's ``mes_example`` split on ``<START>``, with lore example blocks around it."""
+    blocks = [b.strip() for b in _START.split(expand(turn, turn.character.mes_example))] \
+        if turn.character is not None else []
+    return [b for b in (*turn.slots.get("before_examples", []), *blocks,
+                        *turn.slots.get("after_examples", [])) if b.strip()]
+
+
+def _example_turns(turn: Turn, block: str) -> list[Message]:
+    """``Name: text`` lines of an example block as user/assistant messages."""
+    prefixes: list[tuple[str, Role]] = [(f"{turn.user_name}:", "user"),
+                                        (f"{turn.char_name}:", "assistant")]
+    messages: list[Message] = []
+    for line in block.split("\n"):
+        for prefix, role in prefixes:
+            if line.startswith(prefix):
+                messages.append({"role": role, "content": line[len(prefix):].strip()})
+                break
+        else:
+            if messages:
+                messages[-1]["content"] += "\n" + line
+            elif line.strip():
+                messages.append({"role": "system", "content": line})
+    return [m for m in messages if m["content"].strip()]
+
+
+class ExampleDialogue(PromptBuilder):
+    """Example dialogues (``mes_example``), each ``<START>`` block under a header."""
+
+    name: ClassVar[str] = "example_dialogue"
+    description: ClassVar[str] = "the card's example dialogues, split on <START>"
+
+    class Options(StageOptions):
+        #: ``text``: one system message per block. ``turns``: the header as a system
+        #: message, then the block's lines as user/assistant messages.
+        format: Literal["text", "turns"] = "text"
+        header: str = "[Example Chat]"
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, ExampleDialogue.Options)
+        for block in example_blocks(turn):
+            if o.format == "text":
+                _system(turn, f"{o.header}\n{block}" if o.header else block)
+            else:
+                _system(turn, o.header)
+                turn.messages.extend(_example_turns(turn, block))
+
+
+class FirstMessage(PromptBuilder):
+    """A new conversation opens with the card's greeting (``first_mes`` or an alternate).
+
+    Only records ``turn.greeting`` (the chat runner stores it); ``history`` places
+    it as the first assistant message. Placed after ``history``, it inserts it
+    before the user's message itself.
+    """
+
+    name: ClassVar[str] = "first_message"
+    description: ClassVar[str] = "open a new conversation with the card's greeting"
+
+    async def build(self, turn: Turn) -> None:
+        card = turn.character
+        if card is None or turn.history or turn.greeting is not None:
+            return
+        index = int(turn.stash.get("greeting_index") or 0)
+        if index == 0:
+            text = card.first_mes
+        elif index <= len(card.alternate_greetings):
+            text = card.alternate_greetings[index - 1]
+        else:
+            raise ApiError(422, f"greeting {index} does not exist: {card.name} has "
+                                f"{len(card.alternate_greetings)} alternate greeting(s)",
+                           {"loc": "greeting", "max": len(card.alternate_greetings)})
+        text = expand(turn, text).strip()
+        if not text:
+            return
+        turn.greeting = text
+        placed = turn.stash.get(HISTORY_STASH)
+        if placed is not None:  # history already ran: insert before the user's message
+            at = placed["user_index"]
+            turn.messages.insert(at, {"role": "assistant", "content": text})
+            placed["user_index"] = at + 1
+
+
+class History(PromptBuilder):
+    """The conversation, newest messages kept within ``max_tokens``, then the user's message.
+
+    The user's message is always included, even when it alone exceeds the budget.
+    Lorebook depth injections are inserted here: depth 0 after the last message,
+    depth N before the N-th message from the end.
+    """
+
+    name: ClassVar[str] = "history"
+    description: ClassVar[str] = "chat history within a token budget, with depth injections"
+
+    class Options(StageOptions):
+        max_tokens: int = Field(default=3000, ge=1, le=10_000_000)
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, History.Options)
+        counter = await get_counter(turn.model or turn.profile.llm.model)
+        earlier: list[Message] = list(turn.history)
+        if not earlier and turn.greeting:
+            earlier = [{"role": "assistant", "content": turn.greeting}]
+        user: Message = {"role": "user", "content": turn.user_message}
+        used = counter.count_message(user["content"])
+        kept: list[Message] = []
+        for message in reversed(earlier):
+            cost = counter.count_message(message["content"])
+            if used + cost > o.max_tokens:
+                break
+            used += cost
+            kept.append(message)
+        kept.reverse()
+        chat = [*kept, user]
+        start = len(turn.messages)
+        turn.messages.extend(with_injections(chat, turn.depth_injections))
+        user_index = start + next(i for i, m in enumerate(turn.messages[start:]) if m is user)
+        turn.stash[HISTORY_STASH] = {
+            "kept": len(kept), "dropped": len(earlier) - len(kept), "tokens": used,
+            "max_tokens": o.max_tokens, "user_index": user_index,
+        }
+
+
+def with_injections(chat: list[Message], injections: list[tuple[int, Role, str]]) -> list[Message]:
+    """``chat`` with each (depth, role, text) inserted ``depth`` messages from the end."""
+    if not injections:
+        return chat
+    at: dict[int, list[Message]] = {}
+    for depth, role, text in injections:
+        at.setdefault(max(0, len(chat) - max(0, depth)), []).append(
+            {"role": role, "content": text})
+    out: list[Message] = []
+    for i in range(len(chat) + 1):
+        out.extend(at.get(i, ()))
+        if i < len(chat):
+            out.append(chat[i])
+    return out
+
+
+class PostHistoryInstructions(PromptBuilder):
+    """Instructions after the history; the card's field replaces ``text`` (``{{original}}``)."""
+
+    name: ClassVar[str] = "post_history_instructions"
+    description: ClassVar[str] = "post-history instructions (the card's, or the profile's)"
+
+    class Options(StageOptions):
+        text: str = ""
+        prefer_character: bool = True
+        role: Literal["system", "user"] = "system"
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, PostHistoryInstructions.Options)
+        text = o.text
+        if o.prefer_character and turn.character is not None:
+            text = with_original(turn.character.post_history_instructions, text)
+        text = expand(turn, text).strip()
+        if text:
+            turn.messages.append({"role": o.role, "content": text})
+
+
+class SquashSystem(PromptBuilder):
+    """Merge consecutive system messages into one (for chat templates that allow only one)."""
+
+    name: ClassVar[str] = "squash_system"
+    description: ClassVar[str] = "merge consecutive system messages"
+
+    class Options(StageOptions):
+        separator: str = "\n\n"
+
+    async def build(self, turn: Turn) -> None:
+        o = self.options
+        assert isinstance(o, SquashSystem.Options)
+        out: list[Message] = []
+        for message in turn.messages:
+            if out and message["role"] == "system" and out[-1]["role"] == "system":
+                out[-1] = {"role": "system",
+                           "content": out[-1]["content"] + o.separator + message["content"]}
+            else:
+                out.append(message)
+        if HISTORY_STASH in turn.stash:
+            user_index = next(i for i in range(len(out) - 1, -1, -1)
+                              if out[i]["role"] == "user")
+            turn.stash[HISTORY_STASH]["user_index"] = user_index
+        turn.messages[:] = out
+
+
+@hookimpl
+def register_prompt_builders() -> list[type[PromptBuilder]]:
+    return [SystemPrompt, CharacterDefinition, ExampleDialogue, FirstMessage, History,
+            PostHistoryInstructions, SquashSystem]

@@ -1,0 +1,122 @@
+"""Find every key of a lorebook in a text at once.
+
+One ``KeyIndex`` holds the keys of the entries that share a scan buffer: exact
+word lookups (a dict intersected with the text's word set), one Aho-Corasick
+automaton per case mode for substring and bounded keys and for regex
+prefilter literals, and the regexes that have no literal. A scan costs one
+pass over the text in C plus work proportional to what actually occurs in it,
+not to the size of the lorebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ahocorasick
+
+from companion_engine.lorebook.keys import BOUNDED, REGEX, SUBSTR, WORD, WORD_RUN, Key
+
+
+def _bounded_at(text: str, end: int, length: int) -> bool:
+    """SillyTavern's ``(?:^|\\W)key(?:$|\\W)`` for the occurrence ending at ``end``."""
+    start = end - length + 1
+    if start > 0:
+        before = text[start - 1]
+        if before.isascii() and (before.isalnum() or before == "_"):
+            return False
+    if end + 1 < len(text):
+        after = text[end + 1]
+        if after.isascii() and (after.isalnum() or after == "_"):
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class Found:
+    """Keys found in one text: plain keys that matched, regexes worth running."""
+
+    hits: set[int] = field(default_factory=set)
+    regex_candidates: set[int] = field(default_factory=set)
+
+    def update(self, other: Found) -> None:
+        self.hits |= other.hits
+        self.regex_candidates |= other.regex_candidates
+
+
+class KeyIndex:
+    """All keys scanned against one buffer."""
+
+    def __init__(self) -> None:
+        #: folded? -> word -> key ids
+        self._words: dict[bool, dict[str, list[int]]] = {True: {}, False: {}}
+        #: folded? -> string -> [(key id, kind)]
+        self._needles: dict[bool, dict[str, list[tuple[int, int]]]] = {True: {}, False: {}}
+        self._automata: dict[bool, ahocorasick.Automaton | None] = {True: None, False: None}
+        #: Regex keys without a literal: run on every scan.
+        self.unfiltered_regexes: list[int] = []
+        self.size = 0
+
+    def add(self, key: Key) -> None:
+        self.size += 1
+        if key.kind == WORD:
+            self._words[key.folded].setdefault(key.text, []).append(key.kid)
+        elif key.kind in (SUBSTR, BOUNDED):
+            self._needles[key.folded].setdefault(key.text, []).append((key.kid, key.kind))
+        elif key.kind == REGEX:
+            if key.literals is None:
+                self.unfiltered_regexes.append(key.kid)
+            else:
+                for literal in key.literals:
+                    self._needles[key.folded].setdefault(literal, []).append((key.kid, REGEX))
+
+    def freeze(self) -> None:
+        """Build the automata; call once after the last ``add``."""
+        for folded, needles in self._needles.items():
+            if not needles:
+                continue
+            automaton = ahocorasick.Automaton()
+            for text, refs in needles.items():
+                automaton.add_word(text, (len(text), tuple(refs)))
+            automaton.make_automaton()
+            self._automata[folded] = automaton
+        self._needles = {True: {}, False: {}}
+
+    def find(self, text: str) -> Found:
+        """Which keys occur in ``text`` (regex keys: which are worth running on it)."""
+        found = Found()
+        if not text:
+            return found
+        for folded in (True, False):
+            words, automaton = self._words[folded], self._automata[folded]
+            if not words and automaton is None:
+                continue
+            view = text.lower() if folded else text
+            if words:
+                for word in words.keys() & set(WORD_RUN.findall(view)):
+                    found.hits.update(words[word])
+            if automaton is not None:
+                self._run(automaton, view, found)
+        found.regex_candidates.update(self.unfiltered_regexes)
+        return found
+
+    @staticmethod
+    def _run(automaton: ahocorasick.Automaton, view: str, found: Found) -> None:
+        hits, candidates = found.hits, found.regex_candidates
+        settled: set[int] = set()  # needles whose keys are all decided
+        for end, (length, refs) in automaton.iter(view):
+            ident = id(refs)
+            if ident in settled:
+                continue
+            pending = False
+            for kid, kind in refs:
+                if kind == SUBSTR:
+                    hits.add(kid)
+                elif kind == REGEX:
+                    candidates.add(kid)
+                elif kid not in hits:
+                    if _bounded_at(view, end, length):
+                        hits.add(kid)
+                    else:
+                        pending = True
+            if not pending:
+                settled.add(ident)

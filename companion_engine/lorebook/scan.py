@@ -1,0 +1,285 @@
+"""The World Info scan: which entries activate this turn, within the token budget.
+
+Follows SillyTavern 1.12's ``checkWorldInfo`` pass by pass (see
+``docs/lorebook.md``): a buffer of the newest messages (``"name: text"``,
+newest first, joined by ``"\\n\\x01"``), entries visited in scan order, primary
+keys then ``selectiveLogic`` over secondary keys, probability and inclusion
+groups per pass, the budget checked entry by entry (the first overflow stops
+everything), then recursion over the activated contents.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from companion_engine.cards.macros import substitute
+from companion_engine.lorebook.compile import CompiledLore
+from companion_engine.lorebook.entry import Entry
+from companion_engine.lorebook.index import Found
+
+MATCHER = "\x01"
+JOINER = "\n" + MATCHER
+MAX_SCAN_DEPTH = 1000
+#: Safety net for unlimited recursion (each pass must activate something new anyway).
+HARD_PASS_LIMIT = 100
+
+
+class ScanState(Enum):
+    NONE = 0
+    INITIAL = 1
+    RECURSION = 2
+    MIN_ACTIVATIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """How a scan runs (the ``lorebook`` stage options, resolved)."""
+
+    scan_depth: int = 2
+    recursive: bool = True
+    max_recursion_steps: int = 0
+    token_budget: int = 800
+    min_activations: int = 0
+    min_activations_depth_max: int = 0
+    #: ``spec`` semantics: budget drops the lowest ``priority`` first, keeps going.
+    spec: bool = False
+
+
+@dataclass(slots=True)
+class Activation:
+    """An entry that made it into the prompt."""
+
+    entry: Entry
+    content: str
+    matched: str
+    tokens: int
+    scan_pass: int
+
+
+@dataclass(slots=True)
+class ScanResult:
+    activated: list[Activation] = field(default_factory=list)
+    passes: int = 0
+    tokens: int = 0
+    overflowed: bool = False
+    #: Entries cut by the budget (spec semantics) or left out after an overflow.
+    dropped: list[Entry] = field(default_factory=list)
+
+
+def chat_for_scan(messages: list[tuple[str, str]]) -> list[str]:
+    """``(name, text)`` pairs, oldest first -> trimmed scan lines, newest first."""
+    return [f"{name}: {text}".strip() if name else text.strip()
+            for name, text in reversed(messages)]
+
+
+class _Scanner:
+    def __init__(self, lore: CompiledLore, chat: list[str], opts: ScanOptions,
+                 count: Callable[[str], int], rng: random.Random, char: str, user: str) -> None:
+        self.lore, self.chat, self.opts = lore, chat[:MAX_SCAN_DEPTH], opts
+        self.count, self.rng, self.char, self.user = count, rng, char, user
+        self._chat_found: dict[tuple[int | None, int], Found] = {}
+        self._segment_found: dict[tuple[int | None, int], Found] = {}
+        self.segments: list[str] = []
+
+    def chat_text(self, depth: int) -> str:
+        if depth <= 0:
+            return ""
+        return MATCHER + JOINER.join(self.chat[:depth])
+
+    def keys_found(self, state: ScanState, skew: int) -> tuple[set[int], set[int]]:
+        """(key ids that match, ranks with a primary match) for this pass."""
+        hits: set[int] = set()
+        for depth_key, index in self.lore.indexes.items():
+            depth = depth_key if depth_key is not None else self.opts.scan_depth + skew
+            depth = min(depth, MAX_SCAN_DEPTH)
+            if depth <= 0:
+                continue  # SillyTavern: an empty buffer, not even recursion text
+            cache_key = (depth_key, depth)
+            found = Found()
+            chat = self._chat_found.get(cache_key)
+            if chat is None:
+                chat = self._chat_found[cache_key] = index.find(self.chat_text(depth))
+            found.update(chat)
+            segments = [] if state is ScanState.MIN_ACTIVATIONS else self.segments
+            for i, segment in enumerate(segments):
+                seg_key = (depth_key, i)
+                seg = self._segment_found.get(seg_key)
+                if seg is None:
+                    seg = self._segment_found[seg_key] = index.find(segment)
+                found.update(seg)
+            regexes = found.regex_candidates - found.hits
+            if regexes:
+                full = self.chat_text(depth)
+                if segments:
+                    full += JOINER + JOINER.join(segments)
+                keys = self.lore.keys
+                found.hits.update(k for k in regexes if keys[k].search(full))
+            hits |= found.hits
+        owner, is_primary = self.lore.owner, self.lore.is_primary
+        ranks = {owner[k] for k in hits if is_primary[k]}
+        return hits, ranks
+
+    def first_key(self, kids: list[int], hits: set[int]) -> str | None:
+        for kid in kids:
+            if kid in hits:
+                return self.lore.keys[kid].raw
+        return None
+
+    def secondary_ok(self, rank: int, hits: set[int]) -> bool:
+        lore = self.lore
+        entry = lore.entries[rank]
+        kids = lore.secondary[rank]
+        if entry.selective and kids:
+            matched = sum(1 for k in kids if k in hits)
+            logic = entry.logic
+            if logic == "and_any" and matched == 0:
+                return False
+            if logic == "not_all" and matched == len(kids):
+                return False
+            if logic == "not_any" and matched > 0:
+                return False
+            if logic == "and_all" and matched < len(kids):
+                return False
+        for group in lore.additional[rank]:
+            if group and not any(k in hits for k in group):
+                return False
+        return not any(k in hits for k in lore.exclude[rank])
+
+    def group_filter(self, new: list[tuple[int, str]], won: set[str]) -> list[tuple[int, str]]:
+        """Inclusion groups: one winner per group (override first, else weighted random)."""
+        entries = self.lore.entries
+        grouped: dict[str, list[int]] = {}
+        for rank, _ in new:
+            for name in entries[rank].group:
+                grouped.setdefault(name, []).append(rank)
+        if not grouped:
+            return new
+        removed: set[int] = set()
+        for name, ranks in grouped.items():
+            if name in won:
+                removed.update(ranks)
+                continue
+            if len(ranks) < 2:
+                continue
+            overrides = [r for r in ranks if entries[r].group_override]
+            if overrides:
+                winner = max(overrides, key=lambda r: entries[r].order)
+            else:
+                total = sum(entries[r].group_weight for r in ranks)
+                roll = self.rng.random() * total
+                winner, acc = ranks[-1], 0.0
+                for r in ranks:
+                    acc += entries[r].group_weight
+                    if roll <= acc:
+                        winner = r
+                        break
+            removed.update(r for r in ranks if r != winner)
+        return [(r, m) for r, m in new if r not in removed]
+
+
+def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
+         count: Callable[[str], int], char: str = "", user: str = "",
+         rng: random.Random | None = None) -> ScanResult:
+    """Run the World Info passes over ``chat`` (scan lines, newest first)."""
+    s = _Scanner(lore, chat, opts, count, rng or random.Random(), char, user)
+    result = ScanResult()
+    entries = lore.entries
+    activated: dict[int, Activation] = {}
+    failed: set[int] = set()
+    won_groups: set[str] = set()
+    levels = sorted({e.delay_until_recursion for e in entries if e.delay_until_recursion})
+    level = levels.pop(0) if levels else 0
+    prev_tokens = 0  # SillyTavern counts earlier recursion text against the budget
+    skew = 0
+    state = ScanState.INITIAL
+    while state is not ScanState.NONE:
+        result.passes += 1
+        if opts.max_recursion_steps and result.passes > opts.max_recursion_steps:
+            break
+        if result.passes > HARD_PASS_LIMIT:
+            break
+        hits, ranks = s.keys_found(state, skew)
+        new: list[tuple[int, str]] = []
+        for rank in sorted(ranks.union(lore.always)):
+            if rank in activated or rank in failed:
+                continue
+            entry = entries[rank]
+            if entry.delay_until_recursion and (state is not ScanState.RECURSION
+                                                or entry.delay_until_recursion > level):
+                continue
+            if state is ScanState.RECURSION and opts.recursive and entry.exclude_recursion:
+                continue
+            if entry.decorators.has("activate"):
+                new.append((rank, "@@activate"))
+                continue
+            if entry.constant:
+                new.append((rank, "constant"))
+                continue
+            key = s.first_key(lore.primary[rank], hits)
+            if key is None or not s.secondary_ok(rank, hits):
+                continue
+            new.append((rank, key))
+        new = s.group_filter(new, won_groups)
+        recursable: list[str] = []
+        running = 0
+        for i, (rank, matched) in enumerate(new):
+            entry = entries[rank]
+            if entry.use_probability and entry.probability != 100:
+                if s.rng.random() * 100 > entry.probability:
+                    failed.add(rank)
+                    continue
+            content = substitute(entry.content, char, user)
+            tokens = count(content + "\n")
+            if not opts.spec and prev_tokens + running + tokens >= opts.token_budget:
+                result.overflowed = True
+                result.dropped.extend(entries[r] for r, _ in new[i:])
+                break
+            running += tokens
+            activated[rank] = Activation(entry, content, matched, tokens, result.passes)
+            won_groups.update(entry.group)
+            if not entry.prevent_recursion:
+                recursable.append(entry.content)
+        next_state = ScanState.NONE
+        if opts.recursive and not result.overflowed:
+            if recursable:
+                next_state = ScanState.RECURSION
+            elif levels:
+                next_state = ScanState.RECURSION
+                level = levels.pop(0)
+        if (next_state is ScanState.NONE and opts.min_activations
+                and len(activated) < opts.min_activations and not result.overflowed):
+            depth = opts.scan_depth + skew  # SillyTavern's check, before widening
+            limit = opts.min_activations_depth_max
+            if not ((limit and depth > limit) or depth > len(s.chat)):
+                skew += 1
+                next_state = ScanState.MIN_ACTIVATIONS
+        if next_state is not ScanState.NONE and recursable:
+            text = "\n".join(recursable)
+            s.segments.append(text)
+            prev_tokens += count(text)
+        state = next_state
+    result.activated = list(activated.values())
+    if opts.spec:
+        _spec_budget(result, opts.token_budget)
+    result.tokens = sum(a.tokens for a in result.activated)
+    return result
+
+
+def _spec_budget(result: ScanResult, budget: int) -> None:
+    """Character Card spec: over budget, the lowest ``priority`` entries go first."""
+    def priority(a: Activation) -> int:
+        return a.entry.priority if a.entry.priority is not None else a.entry.order
+
+    kept: set[int] = set()
+    used = 0
+    for a in sorted(result.activated, key=priority, reverse=True):
+        if used + a.tokens <= budget:
+            used += a.tokens
+            kept.add(id(a))
+        else:
+            result.dropped.append(a.entry)
+            result.overflowed = True
+    result.activated = [a for a in result.activated if id(a) in kept]
