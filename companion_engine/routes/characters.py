@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field
 
 from companion_engine import hookimpl
@@ -34,6 +35,8 @@ MAX_CARD_BYTES = 5 * 1024 * 1024
 #: Multipart framing allowed on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 UPLOAD_FIELDS = ("file", "character")
+#: A card upload is one file; a few extra form fields are tolerated, thousands are not.
+MAX_MULTIPART_PARTS = 16
 LIVE2D_KEYS = ("live2d_model_id", "live2d_model_path")
 #: Where the legacy ``live2d_*`` keys are kept inside the card's ``extensions``.
 EXTENSIONS_KEY = "companion_engine"
@@ -287,7 +290,11 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None]:
         raise ApiError(415, "send the card as multipart/form-data in a field named `file`")
     try:
         reader = await request.multipart()
+        parts = 0
         async for part in reader:
+            parts += 1
+            if parts > MAX_MULTIPART_PARTS:
+                raise ApiError(400, f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
             if not isinstance(part, BodyPartReader) or part.name not in UPLOAD_FIELDS:
                 continue
             data = bytearray()
@@ -298,7 +305,7 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None]:
             if not data:
                 raise ApiError(400, "the uploaded file is empty")
             return bytes(data), part.filename
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         raise ApiError(400, f"malformed multipart body: {exc}") from None
     raise ApiError(400, "multipart field `file` is missing (the legacy name `character` "
                         "also works)")
