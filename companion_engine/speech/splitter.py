@@ -26,7 +26,7 @@ Rules, in order:
   sentence reaching ``max_chars`` is cut at its last clause mark, else its last
   space, else hard.
 
-Lengths are "speech lengths": a wide (CJK) character counts three, so the
+Lengths are "speech lengths": a wide (CJK) letter counts three, so the
 defaults (20, 12) mean about 7 and 4 characters of Chinese or Japanese.
 """
 
@@ -83,8 +83,9 @@ NEED_MORE = -1
 
 
 def speech_length(text: str) -> int:
-    """Length that weights wide (CJK) characters three times, like the time to say them."""
-    wide = sum(1 for ch in text if ord(ch) > 0x2E7F and unicodedata.east_asian_width(ch) in "WF")
+    """Length that weights wide (CJK) letters three times, like the time to say them."""
+    wide = sum(1 for ch in text if ord(ch) > 0x2E7F and unicodedata.east_asian_width(ch) in "WF"
+               and unicodedata.category(ch).startswith("L"))
     return len(text) + 2 * wide
 
 
@@ -319,7 +320,8 @@ class SentenceScanner:
             return 1
         marks = [ch for ch in buf[i:j] if ch in TERMINALS]
         if any(ch in CJK_TERMINALS for ch in marks):
-            return 1
+            # 「本当？」と彼女は聞いた: a quoted question followed by the quotative particle.
+            return 0 if buf[j - 1] in "」』" and k == j and buf[k] in "とっ" else 1
         last = marks[-1]
         nxt = buf[k]
         glued = k == j
@@ -400,11 +402,12 @@ class SentenceScanner:
             self.start = next_start
 
     def _cut_long(self) -> None:
-        """The pending sentence passed ``max_chars``: cut at a clause mark, a space or hard."""
+        """The pending sentence passed ``max_chars``: cut at a clause mark in its second half,
+        else at its last space, else hard."""
         limit = self.start + self.o.max_chars
         window = self.buf[self.start : limit]
         end = 0
-        for m in _CUT_CLAUSE.finditer(window):
+        for m in _CUT_CLAUSE.finditer(window, len(window) // 2):
             end = m.end()
         if end == 0:
             space = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
