@@ -272,3 +272,14 @@ async def test_problems_read_as_file_line_path_message(folder: Path, db: Store) 
     await store.load()
     (problem,) = store.problems
     assert str(problem) == f"{folder / 'nameless.yaml'}:2: name: is empty"
+
+
+async def test_add_never_overwrites_a_file_placed_since_the_last_scan(folder: Path,
+                                                                       db: Store) -> None:
+    store = CharacterStore(folder, db)
+    await store.load()
+    write_card(folder, "Nova.png.json")
+    (folder / "nova.json").write_text("hand-made, not scanned yet", encoding="utf-8")
+    card = await store.add(card_from_object(v2("Nova")))
+    assert card.character.id == "nova-2"
+    assert (folder / "nova.json").read_text(encoding="utf-8") == "hand-made, not scanned yet"

@@ -171,7 +171,9 @@ class CharacterStore:
         """
         async with self._lock:
             taken = set(self._cards) | {i for _, i, _ in self._files.values() if i}
-            names = set(self._files)
+            # Names on disk too: a file placed by hand since the last scan is never overwritten.
+            on_disk = await asyncio.to_thread(_listdir, self.directory)
+            names = {n.lower() for n in (*self._files, *on_disk)}
             ext = EXTENSION[parsed.container]
 
             def is_taken(candidate: str) -> bool:
@@ -248,6 +250,7 @@ def _scan(directory: Path, known: dict[str, Signature]) -> dict[str, tuple[Signa
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except FileNotFoundError:
         return {}
+    root = directory.resolve()
     out: dict[str, tuple[Signature, Scanned]] = {}
     for entry in entries:
         container = SUFFIXES.get(Path(entry.name).suffix.lower())
@@ -255,12 +258,13 @@ def _scan(directory: Path, known: dict[str, Signature]) -> dict[str, tuple[Signa
             continue
         display = str(directory / entry.name)
         try:
-            path = path_in(directory, entry.name)
-            st = path.stat()
+            # A listed name is a plain child; only a symlink can point elsewhere.
+            path = path_in(root, entry.name) if entry.is_symlink() else root / entry.name
+            if not entry.is_file():
+                continue
+            st = entry.stat()
         except (ValueError, OSError) as exc:
             out[entry.name] = ((0, 0), Problem(display, None, "", f"skipped: {exc}"))
-            continue
-        if not os.path.isfile(path):
             continue
         sig = (st.st_mtime_ns, st.st_size)
         if known.get(entry.name) == sig:
@@ -287,6 +291,13 @@ def _read(path: Path, container: Container, display: str, size: int) -> CardFile
     except OSError as exc:
         return Problem(display, None, "", f"cannot read: {exc.strerror}")
     return CardFile(parsed.character, path, parsed.container, parsed.warnings, (0, 0))
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
 
 
 def _write_atomic(path: Path, data: bytes) -> Signature:
