@@ -50,7 +50,7 @@ def with_temperature(profile: str, value: float) -> str:
 
 def summary(name: str, values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
-    p95 = statistics.quantiles(ms, n=20)[18] if len(ms) >= 2 else ms[0]
+    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) >= 2 else ms[0]
     return (f"{name}: median {statistics.median(ms):.1f} ms, p95 {p95:.1f} ms, "
             f"max {ms[-1]:.1f} ms (n={len(ms)})")
 
