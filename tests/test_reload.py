@@ -449,3 +449,25 @@ async def test_characters_folder_removed_and_recreated_is_watched_again(
     save(folder / "aqua.json", (cards_dir / "aqua.v1.chara.json").read_text(encoding="utf-8"))
     names = await wait_until(lambda: _names_if(client, "aqua"), what="card in new folder")
     assert names["aqua"] == "Aqua"
+
+
+async def test_env_file_beside_the_config_is_watched(start: Start,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COMPANION_PROFILE", raising=False)
+    client, cfg = await start("A")
+    save_yaml(profile_file(cfg, "other"), probe_profile("from-env"))
+    save(cfg.base_dir / ".env", "COMPANION_PROFILE=other\n")
+    await wait_until(lambda: _label_is(client, "from-env"), what="profile from .env")
+
+
+async def test_deleted_companion_yaml_is_an_error_until_it_is_back(start: Start) -> None:
+    client, cfg = await start("A")
+    config_file = cfg.base_dir / "companion.yaml"
+    text = config_file.read_text()
+    config_file.unlink()
+    status = await wait_error(client)
+    assert "companion.yaml: cannot read" in status["last_error"]
+    assert label_of(client) == "A"
+    save(config_file, text)
+    status = await wait_generation(client, 2)
+    assert status["last_error"] is None
