@@ -79,8 +79,13 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/characters/upload"),
 })
 STREAM_ROUTES = frozenset({("POST", "/api/chat/stream")})
-#: Routes whose body may be as large as the app's upload cap; the rest get server.max_body_bytes.
-UPLOAD_ROUTES = frozenset({("POST", "/api/characters/upload")})
+#: Routes that carry a whole card (JSON or PNG, avatar included): they may use the app's
+#: upload cap; every other route gets ``server.max_body_bytes``.
+CARD_ROUTES = frozenset({
+    ("POST", "/api/characters"),
+    ("POST", "/api/characters/upload"),
+    ("PUT", "/api/characters/{id}"),
+})
 
 
 class Guard:
@@ -270,7 +275,7 @@ def _check_rate(request: web.Request, config: AppConfig, guard: Guard, client: s
 
 
 def body_cap(request: web.Request, config: AppConfig) -> int:
-    if route_key(request) in UPLOAD_ROUTES:
+    if route_key(request) in CARD_ROUTES:
         return max(request.app._client_max_size, config.server.max_body_bytes)
     return config.server.max_body_bytes
 
