@@ -1,1 +1,115 @@
-"""Placeholder: filled in by its issue."""
+"""``GET /api/tts/voices`` and ``POST /api/tts``: the profile's TTS backend, outside a chat turn."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from companion_engine import hookimpl
+from companion_engine.builtin.tts import VOICE_KEY
+from companion_engine.errors import ApiError
+from companion_engine.keys import ENGINE
+from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.speech.espeak import UnknownVoiceError
+from companion_engine.speech.session import speech_text
+from companion_engine.turn import Turn
+
+routes = ApiRoutes()
+
+#: Longest text one request may speak (AllTalk's limit; OpenAI allows 4096 too).
+MAX_TTS_CHARS = 4096
+#: Voice names across backends: ``en-us+f3``, ``af_bella(2)+af_sky``, ``en_US-lessac-medium``.
+_VOICE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+()\- ]{0,99}")
+
+CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "opus": "audio/ogg",
+                 "aac": "audio/aac", "flac": "audio/flac"}
+
+
+class TTSRequest(BaseModel):
+    """Text to speak with the active profile's backend and cleaners."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS)
+    #: A voice of the backend (see ``GET /api/tts/voices``); default: the profile's.
+    voice: str | None = Field(default=None, max_length=100)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is blank")
+        return v
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _VOICE.fullmatch(v) or ".." in v):
+            raise ValueError("voice must be a voice name (letters, digits, _ . + ( ) - and "
+                             "spaces), not a path")
+        return v
+
+
+class Voices(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    backend: str
+    speaks: bool
+    voices: list[dict[str, Any]]
+
+
+@routes.get("/api/tts/voices", response=Voices, summary="Voices of the TTS backend",
+            tags=["tts"], errors=(502,))
+async def list_voices(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    async with engine.lease() as pipeline:
+        tts = pipeline.tts
+        try:
+            voices = await tts.voices()
+        except Exception as exc:
+            raise ApiError(502, f"TTS backend {tts.name!r} could not list voices: {exc}") from None
+        return json_response({"backend": tts.name, "speaks": bool(getattr(tts, "speaks", True)),
+                              "voices": voices})
+
+
+@routes.post("/api/tts", body=TTSRequest, summary="Speak a text",
+             description="Cleans the text with the profile's speech cleaners and returns the "
+                         "audio (WAV unless the backend is configured for another format).",
+             response_content={"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+             tags=["tts"], errors=(400, 409, 413, 422, 502))
+async def speak(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await read_body(request, TTSRequest)
+    async with engine.lease() as pipeline:
+        tts = pipeline.tts
+        if not getattr(tts, "speaks", True):
+            raise ApiError(409, f"text-to-speech is off: this profile's speech.tts is "
+                                f"{tts.name!r}")
+        turn = Turn(profile=pipeline.profile, user_message="", engine=engine)
+        if body.voice:
+            turn.stash[VOICE_KEY] = body.voice
+        spoken = await speech_text(pipeline, body.text, turn)
+        if not spoken:
+            raise ApiError(422, "nothing to speak: the text is only markup, emoji or "
+                                "punctuation once cleaned for speech")
+        try:
+            audio = await tts.synthesize(spoken, turn)
+        except UnknownVoiceError as exc:
+            raise ApiError(422, str(exc)) from None
+        except Exception as exc:
+            logger.warning("POST /api/tts: {} failed: {}", tts.name, exc)
+            raise ApiError(502, f"TTS backend {tts.name!r} failed: {exc}") from None
+    headers = {"X-Sample-Rate": str(audio.sample_rate)}
+    if audio.duration_ms is not None:
+        headers["X-Audio-Duration-Ms"] = str(audio.duration_ms)
+    return web.Response(body=audio.data, headers=headers,
+                        content_type=CONTENT_TYPES.get(audio.format, "application/octet-stream"))
+
+
+@hookimpl
+def register_routes(engine: Any) -> list[web.AbstractRouteDef]:
+    return list(routes)

@@ -44,6 +44,10 @@ class EspeakError(RuntimeError):
     """espeak-ng could not load, initialise, find a voice or synthesise."""
 
 
+class UnknownVoiceError(EspeakError, ValueError):
+    """No installed espeak-ng voice has this name."""
+
+
 class _EventId(ctypes.Union):
     _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p),
                 ("string", ctypes.c_char * 8)]
@@ -150,6 +154,8 @@ class Espeak:
         lib.espeak_SetSynthCallback.restype = None
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_Voice)]
+        lib.espeak_SetVoiceByProperties.restype = ctypes.c_int
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
@@ -192,7 +198,16 @@ class Espeak:
             return
         self._settings = None
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise EspeakError(f"unknown espeak voice {voice!r}")
+            # Listed ids are languages ("fr-fr"); espeak finds those by property, but
+            # matches prefixes too ("no-such" -> Norwegian), so only listed ones count.
+            if self._voices is None:
+                self._voices = self._list_voices()
+            known = {lang for v in self._voices for lang in v["languages"]}
+            spec = _Voice()
+            language = ctypes.c_char_p(voice.encode())
+            spec.languages = ctypes.cast(language, ctypes.c_void_p)
+            if voice not in known or lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
+                raise UnknownVoiceError(f"unknown espeak voice {voice!r}")
         lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         lib.espeak_SetParameter(_PARAM_VOLUME, volume, 0)
         if pitch is not None:

@@ -54,6 +54,19 @@ def speakable(text: str) -> str:
     return text if any(ch.isalnum() for ch in text) else ""
 
 
+async def speech_text(pipeline: Pipeline, text: str, turn: Turn) -> str:
+    """One text through the profile's cleaners, as ``speakable`` speech (``POST /api/tts``)."""
+
+    async def one() -> AsyncIterator[str]:
+        yield text
+
+    stream: AsyncIterator[str] = one()
+    for cleaner in pipeline.cleaners:
+        stream = cleaner.process(stream, turn)
+    parts = [part async for part in stream]
+    return speakable(" ".join(parts))
+
+
 @dataclass(slots=True)
 class SpeechItem:
     """One sentence on its way to audio, with the times it passed each step."""
