@@ -197,6 +197,23 @@ def test_long_sentences_are_cut_at_clause_marks_then_spaces() -> None:
     assert hard == ["x" * 60, "x" * 60, "x" * 10]
 
 
+def test_first_fragment_needs_no_lookahead_unless_a_number_or_quote_is_open() -> None:
+    scanner = SentenceScanner()
+    assert scanner.feed("Oh my, after all that happened today,") == [
+        "Oh my, after all that happened today,"]
+    scanner = SentenceScanner()
+    assert scanner.feed("\"Oh my, after all that happened today,") == []
+    assert scanner.feed("\" she said.") == ["\"Oh my, after all that happened today,\""]
+    scanner = SentenceScanner()
+    assert scanner.feed("We counted them all and found 1,") == []
+    assert scanner.feed("000 of them.") == []
+    assert scanner.finish() == ["We counted them all and found 1,000 of them."]
+    for text in ["Tom and Jerry went home,together at last.", "Tom &amp; Jerry went home; yes."]:
+        assert split_chunked(text, [1]) == split_whole(text)
+    assert split_whole("Tom &amp; Jerry went home; yes.") == ["Tom &amp; Jerry went home;",
+                                                              "yes."]
+
+
 def test_a_decision_waits_for_its_lookahead() -> None:
     scanner = SentenceScanner()
     assert scanner.feed("The price is $29.") == []

@@ -80,6 +80,19 @@ _WORD = re.compile(r"[\w'’-]*")
 _CUT_CLAUSE = re.compile(r"[,;:—，、；：][\"')\]}”’»›」』》）】〉]*(?=\s)|[，、；：—]")
 
 NEED_MORE = -1
+#: Clause marks that may end the first fragment without waiting for the next character
+#: (when no number precedes them and no quote or bracket is open).
+_NO_LOOKAHEAD = frozenset(",;—，、；")
+_ENTITY_END = re.compile(r"&#?\w{1,10};$")
+_PAIRS = (("(", ")"), ("[", "]"), ("“", "”"), ("「", "」"), ("『", "』"), ("«", "»"),
+          ("（", "）"), ("‘", "’"))
+
+
+def _unbalanced(text: str) -> bool:
+    """An opening quote or bracket in ``text`` is still open (its closer may come next)."""
+    if text.count('"') % 2:
+        return True
+    return any(text.count(a) > text.count(b) for a, b in _PAIRS)
 
 
 def speech_length(text: str) -> int:
@@ -374,9 +387,16 @@ class SentenceScanner:
         buf, n = self.buf, len(self.buf)
         if speech_length(buf[self.start : i + 1].strip()) < self.o.first_fragment_min_chars:
             return i + 1
+        c = buf[i]
+        if _ENTITY_END.search(buf, max(self.start, i - 12), i + 1):
+            return i + 1  # &amp;  &#x27;
+        if c in _NO_LOOKAHEAD and not (i > 0 and buf[i - 1].isdigit()) \
+                and not _unbalanced(buf[self.start : i]):
+            # No number before it, no quote or bracket to close: decided without lookahead.
+            self._boundary(i + 1, i + 1)
+            return i + 1
         if i + 1 >= n and not final:
             return NEED_MORE
-        c = buf[i]
         nxt = buf[i + 1] if i + 1 < n else ""
         if c in ASCII_CLAUSE:
             if nxt and not (nxt.isspace() or nxt in CLOSERS):
