@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from companion_engine.errors import ApiError
+from companion_engine.security import is_open
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -203,6 +204,8 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         }
         if doc.description:
             op["description"] = doc.description
+        if is_open(path):
+            op["security"] = []  # served without the API key
         params = _path_params(path) + (_query_params(doc.query) if doc.query else [])
         if params:
             op["parameters"] = params
@@ -236,4 +239,6 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+        # With server.api_key set, every operation not marked open needs the key.
+        "security": [{"bearer": []}],
     }
