@@ -262,8 +262,9 @@ def _check_key(request: web.Request, config: AppConfig, guard: Guard, client: st
 # --- abuse -----------------------------------------------------------------------------------
 
 
-def _check_rate(request: web.Request, config: AppConfig, guard: Guard, client: str) -> None:
-    if route_key(request) not in RATE_LIMITED:
+def _check_rate(request: web.Request, config: AppConfig, guard: Guard, client: str,
+                route: tuple[str, str]) -> None:
+    if route not in RATE_LIMITED:
         return
     limit = config.rate_limit
     wait = guard.limiter.take(client, limit.requests, limit.window_s)
@@ -274,8 +275,8 @@ def _check_rate(request: web.Request, config: AppConfig, guard: Guard, client: s
                        headers={"Retry-After": retry_after(wait)})
 
 
-def body_cap(request: web.Request, config: AppConfig) -> int:
-    if route_key(request) in CARD_ROUTES:
+def body_cap(request: web.Request, config: AppConfig, route: tuple[str, str]) -> int:
+    if route in CARD_ROUTES:
         return max(request.app._client_max_size, config.server.max_body_bytes)
     return config.server.max_body_bytes
 
@@ -307,9 +308,10 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     _check_browser_context(request, config)
     client = client_key(client_ip(request, config.server.trusted_proxies))
     _check_key(request, config, guard, client)
-    _check_rate(request, config, guard, client)
-    cap = body_cap(request, config)
-    if route_key(request) not in STREAM_ROUTES:
+    route = route_key(request)
+    _check_rate(request, config, guard, client, route)
+    cap = body_cap(request, config, route)
+    if route not in STREAM_ROUTES:
         return await _run_capped(request, handler, cap)
     limit = config.server.max_streams_per_ip
     if not guard.streams.acquire(client, limit):
