@@ -360,3 +360,44 @@ async def test_openapi_documents_the_character_routes(client: TestClient) -> Non
     upload = paths["/api/characters/upload"]["post"]
     assert "multipart/form-data" in upload["requestBody"]["content"]
     assert "CharacterDetail" in spec["components"]["schemas"]
+
+
+async def test_multipart_parts_are_capped_and_names_checked(client: TestClient,
+                                                            config: AppConfig) -> None:
+    before = snapshot(folder(config))
+    many = aiohttp.FormData(default_to_multipart=True)
+    for i in range(40):
+        many.add_field(f"f{i}", "x")
+    await fails(await client.post("/api/characters/upload", data=many), 400, "more than 16 parts")
+    card = json.dumps(v2()).encode()
+    for disposition in ('form-data; name="bad\x01name"', "form-data"):
+        raw = (b"--zz\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\nx\r\n"
+               b'--zz\r\nContent-Disposition: form-data; name="file"; filename="x.json"\r\n'
+               b"\r\n" + card + b"\r\n--zz--\r\n")
+        resp = await client.post("/api/characters/upload", data=raw,
+                                 headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        await fails(resp, 400, "malformed multipart")
+    assert snapshot(folder(config)) == before
+
+
+async def test_unpaired_surrogates_are_rejected_everywhere(client: TestClient,
+                                                           config: AppConfig) -> None:
+    before = snapshot(folder(config))
+    bad = b'{"name": "x\\ud800"}'
+    headers = {"Content-Type": "application/json"}
+    await fails(await client.post("/api/characters", data=bad, headers=headers), 422,
+                "surrogate")
+    await fails(await client.put("/api/characters/seraphina", data=b'{"tags": ["\\udfff"]}',
+                                 headers=headers), 422, "surrogate")
+    await fails(await client.post("/api/characters/upload", data=form(bad, filename="s.json")),
+                422, "surrogate")
+    assert snapshot(folder(config)) == before
+
+
+async def test_absurd_creation_date_does_not_break_listing(client: TestClient) -> None:
+    card = {**v2("Old"), "spec": "chara_card_v3", "spec_version": "3.0"}
+    card["data"].update(creation_date=2**70, group_only_greetings=[])
+    made = await ok(await client.post("/api/characters", json=card))
+    got = await ok(await client.get(f"/api/characters/{made['data']['id']}"))
+    assert got["data"]["created_at"] == got["data"]["updated_at"]
+    await ok(await client.get("/api/characters"))

@@ -151,6 +151,7 @@ def card_from_object(obj: Any, *, container: Container = "json",
     if not isinstance(obj, dict):
         raise CardError(f"not a character card: expected a JSON object, got "
                         f"{_type_name(obj)}")
+    ensure_unicode(obj)
     warnings: list[Issue] = []
     spec = obj.get("spec")
     if spec is None:
@@ -179,6 +180,15 @@ def card_from_object(obj: Any, *, container: Container = "json",
     character.source_format = source
     character.root_extra = root_extra
     return ParsedCard(character, container, warnings)
+
+
+def ensure_unicode(obj: Any) -> None:
+    """Reject text that cannot be stored as UTF-8 (unpaired UTF-16 surrogates like ``\\ud800``)."""
+    try:
+        json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CardError("card text contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
+                        "it is not valid Unicode") from None
 
 
 def _unversioned(obj: dict[str, Any], yaml_flat: bool, warnings: list[Issue]

@@ -13,7 +13,7 @@ from typing import Any
 
 from companion_engine.cards.errors import CardError, Issue
 from companion_engine.cards.export import card_data, v2_card, v3_card
-from companion_engine.cards.formats import ParsedCard, card_from_object
+from companion_engine.cards.formats import ParsedCard, card_from_object, ensure_unicode
 from companion_engine.cards.model import Character
 
 #: Card fields a patch may set (V2 + V3); anything else is most likely a typo.
@@ -44,6 +44,7 @@ def combine_patches(first: Any, second: Any) -> Any:
 
 def apply_patch(character: Character, patch: dict[str, Any]) -> ParsedCard:
     """``character`` with ``patch`` merged into its data, validated; ``CardError`` if not."""
+    ensure_unicode(patch)
     unknown = sorted(k for k in patch if k not in CARD_FIELDS and k not in character.model_extra)
     if unknown:
         raise CardError(

@@ -172,8 +172,11 @@ EXPORT_CONTENT = {"application/json": {"schema": {"type": "object"}},
 # --- shaping responses --------------------------------------------------------------------------
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
+def _iso(seconds: float, fallback: float | None = None) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # a card's creation_date can be anything
+        return _iso(fallback) if fallback is not None else ""
 
 
 def _validation(card: CardFile | ParsedCard) -> Validation:
@@ -192,7 +195,7 @@ def _summary_fields(card: CardFile, active_id: str | None) -> dict[str, Any]:
     return {"id": c.id, "characterId": c.id, "name": c.name, "description": c.description,
             "tags": c.tags, "creator": c.creator, "sourceFormat": card.container,
             "cardFormat": c.source_format, "active": c.id == active_id,
-            "created_at": _iso(created), "updated_at": _iso(card.mtime)}
+            "created_at": _iso(created, card.mtime), "updated_at": _iso(card.mtime)}
 
 
 def summary(card: CardFile, active_id: str | None) -> CharacterSummary:
@@ -290,12 +293,18 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None]:
         raise ApiError(415, "send the card as multipart/form-data in a field named `file`")
     try:
         reader = await request.multipart()
-        parts = 0
+        count = 0
         async for part in reader:
-            parts += 1
-            if parts > MAX_MULTIPART_PARTS:
+            count += 1
+            if count > MAX_MULTIPART_PARTS:
                 raise ApiError(400, f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
-            if not isinstance(part, BodyPartReader) or part.name not in UPLOAD_FIELDS:
+            if not isinstance(part, BodyPartReader):
+                continue
+            name = part.name
+            if name is None or not name.isprintable():
+                raise ApiError(400, "malformed multipart body: a part without a usable "
+                                    "field name")
+            if name not in UPLOAD_FIELDS:
                 continue
             data = bytearray()
             while chunk := await part.read_chunk(64 * 1024):
@@ -306,7 +315,8 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None]:
                 raise ApiError(400, "the uploaded file is empty")
             return bytes(data), part.filename
     except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
-        raise ApiError(400, f"malformed multipart body: {exc}") from None
+        reason = " ".join(str(getattr(exc, "message", None) or exc).split())
+        raise ApiError(400, f"malformed multipart body: {reason}") from None
     raise ApiError(400, "multipart field `file` is missing (the legacy name `character` "
                         "also works)")
 
