@@ -203,7 +203,7 @@ class CharacterStore:
             current = self._cards.get(character_id)
             if current is None:
                 raise KeyError(character_id)
-            parsed = change(current.character)
+            parsed = await asyncio.to_thread(change, current.character)  # validation is CPU
             card = _with_identity(CardFile(parsed.character, current.path, current.container,
                                            parsed.warnings, current.signature), character_id)
             card.signature = await asyncio.to_thread(_rewrite, card)

@@ -339,7 +339,7 @@ async def list_characters(request: web.Request) -> web.Response:
 async def create_character(request: web.Request) -> web.Response:
     card, live2d = _split_body(await _json_object(request))
     try:
-        parsed = card_from_object(card)
+        parsed = await asyncio.to_thread(card_from_object, card)  # up to 5 MB to validate
     except CardError as exc:
         raise card_error(exc) from None
     if live2d:
