@@ -401,3 +401,10 @@ async def test_absurd_creation_date_does_not_break_listing(client: TestClient) -
     got = await ok(await client.get(f"/api/characters/{made['data']['id']}"))
     assert got["data"]["created_at"] == got["data"]["updated_at"]
     await ok(await client.get("/api/characters"))
+
+
+async def test_odd_keys_next_to_character_data_are_named_safely(client: TestClient) -> None:
+    body = b'{"character_data": {"name": "x"}, "\\ud800": 1, "extra": 2}'
+    resp = await client.post("/api/characters", data=body,
+                             headers={"Content-Type": "application/json"})
+    await fails(resp, 422, "unexpected key(s) next to character_data: 'extra', '\\ud800'")

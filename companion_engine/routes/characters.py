@@ -257,8 +257,8 @@ def _too_large() -> ApiError:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The JSON object body (its size cap is ``server.max_body_bytes``, set by the security
-    middleware)."""
+    """The JSON object body (card routes may carry up to the upload cap; the security
+    middleware enforces it)."""
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "expected a JSON object: a card or {\"character_data\": <card>}")
@@ -268,13 +268,14 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 def _split_body(body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(the card part, the legacy live2d keys) of a create/update body."""
     live2d = {k: body[k] for k in LIVE2D_KEYS if k in body}
-    parse_model(CardBody, {k: v for k, v in live2d.items()})  # type-checks the live2d values
+    parse_model(CardBody, live2d)  # type-checks the live2d values
     rest = {k: v for k, v in body.items() if k not in LIVE2D_KEYS}
     if "character_data" not in rest:
         return rest, live2d
     extra = sorted(set(rest) - {"character_data"})
     if extra:
-        raise ApiError(422, f"unexpected key(s) next to character_data: {', '.join(extra)}")
+        raise ApiError(422, "unexpected key(s) next to character_data: "
+                            + ", ".join(map(repr, extra)))
     if not isinstance(rest["character_data"], dict):
         raise ApiError(422, "character_data must be a JSON object (a character card)")
     return rest["character_data"], live2d
