@@ -196,6 +196,9 @@ async def test_restart_only_settings_are_reported_and_the_rest_applies(start: St
     client, cfg = await start("A")
     engine = client.server.app[ENGINE]
     port, store_url = engine.config.server.port, engine.config.store.url
+    origin = {"Origin": "http://example.test"}
+    resp = await client.get("/api/status", headers=origin)
+    assert "Access-Control-Allow-Origin" not in resp.headers
     save_yaml(cfg.base_dir / "companion.yaml", {
         "reload": True,
         "server": {"port": port + 1, "cors_origins": ["http://example.test"]},
@@ -207,6 +210,8 @@ async def test_restart_only_settings_are_reported_and_the_rest_applies(start: St
     assert status["last_error"] is None
     # Applied live ...
     assert engine.config.server.cors_origins == ["http://example.test"]
+    resp = await client.get("/api/status", headers=origin)
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://example.test"
     assert engine.config.rate_limit.requests == 7
     # ... but not the parts a running server cannot change.
     assert engine.config.server.port == port and engine.config.store.url == store_url
