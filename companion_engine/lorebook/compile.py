@@ -61,6 +61,8 @@ class CompiledLore:
     indexes: dict[int | None, KeyIndex]
     is_primary: list[bool]
     settings: CompileSettings
+    #: Distinct ``delay_until_recursion`` levels, ascending.
+    delay_levels: list[int] = field(default_factory=list)
     books: list[Lorebook] = field(default_factory=list)
     warnings: Warnings = field(default_factory=Warnings)
 
@@ -194,4 +196,6 @@ def compile_lore(sources: list[Source], settings: CompileSettings) -> CompiledLo
                         primary=primary, secondary=secondary, additional=additional,
                         exclude=exclude, always=always, indexes=indexes,
                         is_primary=compiler.is_primary, settings=settings,
+                        delay_levels=sorted({e.delay_until_recursion for e in entries
+                                             if e.delay_until_recursion}),
                         books=[s.book for s in sources], warnings=warnings)

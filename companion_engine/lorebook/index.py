@@ -31,16 +31,32 @@ def _bounded_at(text: str, end: int, length: int) -> bool:
     return True
 
 
+#: An anchored regex key's needle: report where it occurs, not just that it does.
+REGEX_AT = -1
+
+
 @dataclass(slots=True)
 class Found:
-    """Keys found in one text: plain keys that matched, regexes worth running."""
+    """Keys found in one text: plain keys that matched, regexes worth running.
+
+    ``regex_candidates`` maps a regex key to the positions its matches may
+    start at (None: anywhere, run a full search).
+    """
 
     hits: set[int] = field(default_factory=set)
-    regex_candidates: set[int] = field(default_factory=set)
+    regex_candidates: dict[int, list[int] | None] = field(default_factory=dict)
 
-    def update(self, other: Found) -> None:
+    def update(self, other: Found, offset: int = 0) -> None:
+        """Merge ``other``, found in a text that starts at ``offset`` of this one."""
         self.hits |= other.hits
-        self.regex_candidates |= other.regex_candidates
+        mine = self.regex_candidates
+        for kid, starts in other.regex_candidates.items():
+            if kid in mine and mine[kid] is None:
+                continue
+            if starts is None:
+                mine[kid] = None
+            else:
+                mine.setdefault(kid, []).extend(p + offset for p in starts)  # type: ignore[union-attr]
 
 
 class KeyIndex:
@@ -66,8 +82,9 @@ class KeyIndex:
             if key.literals is None:
                 self.unfiltered_regexes.append(key.kid)
             else:
+                kind = REGEX_AT if key.anchored else REGEX
                 for literal in key.literals:
-                    self._needles[key.folded].setdefault(literal, []).append((key.kid, REGEX))
+                    self._needles[key.folded].setdefault(literal, []).append((key.kid, kind))
 
     def freeze(self) -> None:
         """Build the automata; call once after the last ``add``."""
@@ -95,12 +112,15 @@ class KeyIndex:
                 for word in words.keys() & set(WORD_RUN.findall(view)):
                     found.hits.update(words[word])
             if automaton is not None:
-                self._run(automaton, view, found)
-        found.regex_candidates.update(self.unfiltered_regexes)
+                self._run(automaton, view, found, positions=len(view) == len(text))
+        for kid in self.unfiltered_regexes:
+            found.regex_candidates[kid] = None
         return found
 
     @staticmethod
-    def _run(automaton: ahocorasick.Automaton, view: str, found: Found) -> None:
+    def _run(automaton: ahocorasick.Automaton, view: str, found: Found, *,
+             positions: bool) -> None:
+        """Walk the occurrences; ``positions``: offsets in ``view`` are offsets in the text."""
         hits, candidates = found.hits, found.regex_candidates
         settled: set[int] = set()  # needles whose keys are all decided
         for end, (length, refs) in automaton.iter(view):
@@ -111,8 +131,13 @@ class KeyIndex:
             for kid, kind in refs:
                 if kind == SUBSTR:
                     hits.add(kid)
-                elif kind == REGEX:
-                    candidates.add(kid)
+                elif kind == REGEX_AT and positions:
+                    starts = candidates.setdefault(kid, [])
+                    if starts is not None:
+                        starts.append(end - length + 1)
+                    pending = True  # every occurrence is a place to try
+                elif kind in (REGEX, REGEX_AT):
+                    candidates[kid] = None
                 elif kid not in hits:
                     if _bounded_at(view, end, length):
                         hits.add(kid)

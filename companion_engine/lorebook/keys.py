@@ -36,6 +36,8 @@ _UNESCAPED_SLASH = re.compile(r"(^|[^\\])/")
 _NAMED_BACKREF = re.compile(r"\\k<([A-Za-z_][A-Za-z0-9_]*)>")
 #: A regex key gets this long (seconds) per search; a pathological one then misses.
 REGEX_TIMEOUT_S = 0.05
+#: Past this many literal occurrences one full search is cheaper than a match per occurrence.
+MAX_ANCHORED_TRIES = 8
 
 
 @dataclass(slots=True)
@@ -51,12 +53,22 @@ class Key:
     sticky: bool = False  # JS ``y`` flag: match at the start only
     #: REGEX: literals one of which every match contains (None: always run the regex).
     literals: tuple[str, ...] | None = None
+    #: REGEX: the ``literals`` also *start* every match, so the regex only needs
+    #: trying where one of them occurs.
+    anchored: bool = False
 
-    def search(self, text: str) -> bool:
-        """Run a REGEX key on ``text`` (raw, not folded); a timeout is a miss."""
+    def search(self, text: str, starts: list[int] | None = None) -> bool:
+        """Run a REGEX key on ``text`` (raw, not folded); a timeout is a miss.
+
+        ``starts``: the only positions a match can begin at (an ``anchored`` key's
+        literal occurrences), tried one by one instead of a full search.
+        """
         try:
             if self.sticky:
                 return self.pattern.match(text, timeout=REGEX_TIMEOUT_S) is not None
+            if starts is not None and len(starts) <= MAX_ANCHORED_TRIES:
+                return any(self.pattern.match(text, pos, timeout=REGEX_TIMEOUT_S) is not None
+                           for pos in sorted(set(starts)))
             return self.pattern.search(text, timeout=REGEX_TIMEOUT_S) is not None
         except TimeoutError:
             return False
@@ -137,6 +149,44 @@ def _required(items: Any) -> list[str] | None:
     return best
 
 
+_ZERO_WIDTH = {sre_c.AT, sre_c.ASSERT, sre_c.ASSERT_NOT}
+
+
+def _prefixes(items: Any) -> list[str] | None:
+    """Literals one of which every match *starts* with, or None."""
+    ops = list(items)
+    for i, (op, av) in enumerate(ops):
+        if op in _ZERO_WIDTH:
+            continue
+        if op is sre_c.LITERAL:
+            run = []
+            for op2, av2 in ops[i:]:
+                if op2 is not sre_c.LITERAL:
+                    break
+                run.append(chr(av2))
+            return ["".join(run)]
+        if op is sre_c.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            return None if add_flags or del_flags else _prefixes(sub)
+        if op is sre_c.BRANCH:
+            alternatives = [_prefixes(branch) for branch in av[1]]
+            if all(alternatives):
+                return [s for alt in alternatives for s in alt or ()]
+            return None
+        return None
+    return None
+
+
+def _parse(pattern: str) -> Any:
+    """The stdlib parser's tree of a JS pattern (named groups rewritten), or None."""
+    try:
+        return sre_parse.parse(_NAMED_BACKREF.sub(r"(?P=\1)", pattern.replace("(?<", "(?P<")
+                                                  .replace("(?P<=", "(?<=")
+                                                  .replace("(?P<!", "(?<!")))
+    except Exception:
+        return None
+
+
 def required_literals(pattern: str, flags: str) -> tuple[tuple[str, ...] | None, bool]:
     """Literals one of which any match contains, and whether to look for them lower-cased.
 
@@ -147,11 +197,8 @@ def required_literals(pattern: str, flags: str) -> tuple[tuple[str, ...] | None,
     ignorecase = "i" in flags
     if ignorecase and not pattern.isascii():
         return None, True
-    try:
-        tree = sre_parse.parse(_NAMED_BACKREF.sub(r"(?P=\1)", pattern.replace("(?<", "(?P<")
-                                                  .replace("(?P<=", "(?<=")
-                                                  .replace("(?P<!", "(?<!")))
-    except Exception:
+    tree = _parse(pattern)
+    if tree is None:
         return None, ignorecase
     if tree.state.flags & re.IGNORECASE:
         ignorecase = True
@@ -182,8 +229,15 @@ def regex_key(kid: int, raw: str, pattern: str, flags: str) -> Key:
     """A REGEX key (raises ``regex.error`` when the pattern does not compile)."""
     compiled, sticky = compile_js_regex(pattern, flags)
     literals, folded = required_literals(pattern, flags)
+    anchored = False
+    if literals is not None:
+        tree = _parse(pattern)
+        starts = _prefixes(tree.data) if tree is not None else None
+        if starts and min(map(len, starts)) >= min(3, *map(len, literals)):
+            literals, anchored = tuple(dict.fromkeys(
+                x.lower() if folded else x for x in starts)), True
     return Key(kid=kid, raw=raw, kind=REGEX, text=pattern, folded=folded, pattern=compiled,
-               sticky=sticky, literals=literals)
+               sticky=sticky, literals=literals, anchored=anchored)
 
 
 def is_word_char(ch: str) -> bool:

@@ -100,23 +100,25 @@ class _Scanner:
             cache_key = (depth_key, depth)
             found = Found()
             chat = self._chat_found.get(cache_key)
+            text = self.chat_text(depth)
             if chat is None:
-                chat = self._chat_found[cache_key] = index.find(self.chat_text(depth))
+                chat = self._chat_found[cache_key] = index.find(text)
             found.update(chat)
             segments = [] if state is ScanState.MIN_ACTIVATIONS else self.segments
+            offset = len(text)
             for i, segment in enumerate(segments):
                 seg_key = (depth_key, i)
                 seg = self._segment_found.get(seg_key)
                 if seg is None:
                     seg = self._segment_found[seg_key] = index.find(segment)
-                found.update(seg)
-            regexes = found.regex_candidates - found.hits
+                found.update(seg, offset + len(JOINER))
+                offset += len(JOINER) + len(segment)
+            regexes = {k: v for k, v in found.regex_candidates.items() if k not in found.hits}
             if regexes:
-                full = self.chat_text(depth)
-                if segments:
-                    full += JOINER + JOINER.join(segments)
+                full = text + JOINER + JOINER.join(segments) if segments else text
                 keys = self.lore.keys
-                found.hits.update(k for k in regexes if keys[k].search(full))
+                found.hits.update(k for k, starts in regexes.items()
+                                  if keys[k].search(full, starts))
             hits |= found.hits
         owner, is_primary = self.lore.owner, self.lore.is_primary
         ranks = {owner[k] for k in hits if is_primary[k]}
@@ -190,7 +192,7 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
     activated: dict[int, Activation] = {}
     failed: set[int] = set()
     won_groups: set[str] = set()
-    levels = sorted({e.delay_until_recursion for e in entries if e.delay_until_recursion})
+    levels = list(lore.delay_levels)
     level = levels.pop(0) if levels else 0
     prev_tokens = 0  # SillyTavern counts earlier recursion text against the budget
     skew = 0
