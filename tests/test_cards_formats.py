@@ -375,3 +375,17 @@ def test_random_objects_give_a_card_or_a_clear_error(obj: Any) -> None:
         assert exc.message and exc.status == 422
         return
     json.dumps(card_data(parsed.character))
+
+
+def test_flat_card_with_v2_fields_keeps_them_as_card_data() -> None:
+    """A bare card sent to the API (no `spec`) may use any V2 field at the top level."""
+    flat = {"name": "Flat", "system_prompt": "{{original}} Be brief.", "creator": "me",
+            "extensions": {"x/y": 1}, "alternate_greetings": ["Yo"], "avatar": "none",
+            "character_book": {"entries": [{"keys": ["k"], "content": "c"}]},
+            "creatorcomment": "notes"}
+    c = card_from_object(flat).character
+    assert c.system_prompt == "{{original}} Be brief." and c.creator == "me"
+    assert c.extensions == {"x/y": 1} and c.alternate_greetings == ["Yo"]
+    assert c.character_book is not None and c.creator_notes == "notes"
+    assert c.root_extra == {"avatar": "none"}
+    assert same_card(parse_card(png_bytes(c)).character, c)

@@ -31,6 +31,11 @@ Container = Literal["json", "png", "yaml"]
 
 V2_SPEC, V3_SPEC = "chara_card_v2", "chara_card_v3"
 V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
+#: Card fields read from the root of a card without ``spec``: V1's own plus the V2 ones a
+#: flat object may carry (a bare card sent to the API, ST's V1 exports with ``creator``).
+FLAT_FIELDS = (*V1_FIELDS, "creator_notes", "system_prompt", "post_history_instructions",
+               "alternate_greetings", "character_book", "tags", "creator", "character_version",
+               "extensions")
 #: V1 fields (and ST's root copies) that a V2 hybrid repeats at the root; written from ``data``.
 MIRROR_KEYS = frozenset({*V1_FIELDS, "creatorcomment", "tags"})
 ENVELOPE_KEYS = frozenset({"spec", "spec_version", "data"})
@@ -204,12 +209,10 @@ def _unversioned(obj: dict[str, Any], yaml_flat: bool, warnings: list[Issue]
     if "name" not in obj:
         raise CardError("not a character card: no `spec` and no `name`",
                         issues=[Issue("name", "missing")])
-    data = {k: obj[k] for k in V1_FIELDS if k in obj}
-    if "creatorcomment" in obj:
+    data = {k: obj[k] for k in FLAT_FIELDS if k in obj}
+    if "creatorcomment" in obj and "creator_notes" not in obj:
         data["creator_notes"] = obj["creatorcomment"]
-    if "tags" in obj:
-        data["tags"] = obj["tags"]
-    root_extra = {k: v for k, v in obj.items() if k not in MIRROR_KEYS}
+    root_extra = {k: v for k, v in obj.items() if k not in MIRROR_KEYS | set(FLAT_FIELDS)}
     return data, "", root_extra, "v1"
 
 
