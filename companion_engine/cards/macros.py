@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import re
 
-_CHAR = re.compile(r"\{\{char\}\}|<bot>|<char>", re.IGNORECASE)
-_USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
+_MACRO = re.compile(r"(\{\{char\}\}|<bot>|<char>)|\{\{user\}\}|<user>", re.IGNORECASE)
 _ORIGINAL = re.compile(r"\{\{original\}\}", re.IGNORECASE)
 
 
 def substitute(text: str, char: str, user: str) -> str:
-    """Replace the character and user macros in ``text``."""
+    """Replace the character and user macros in ``text`` in one pass.
+
+    One pass means a name that itself looks like a macro is never expanded again.
+    """
     if "{" not in text and "<" not in text:
         return text
-    text = _CHAR.sub(lambda _: char, text)
-    return _USER.sub(lambda _: user, text)
+    return _MACRO.sub(lambda m: char if m.group(1) else user, text)
 
 
 def with_original(field: str, original: str) -> str:

@@ -49,21 +49,21 @@ class ChatRequest(BaseModel):
     @field_validator("character_id")
     @classmethod
     def _character_id(cls, v: str | None) -> str | None:
-        if v is not None and not CHARACTER_ID.match(v):
+        if v is not None and not CHARACTER_ID.fullmatch(v):
             raise ValueError("must match ^[a-z0-9][a-z0-9_-]{0,63}$")
         return v
 
     @field_validator("conversation_id")
     @classmethod
     def _conversation_id(cls, v: str | None) -> str | None:
-        if v is not None and not CONVERSATION_ID.match(v):
+        if v is not None and not CONVERSATION_ID.fullmatch(v):
             raise ValueError("must be 1-128 letters, digits, '_', '-', '.', ':'")
         return v
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str | None) -> str | None:
-        if v is not None and not MODEL_NAME.match(v):
+        if v is not None and not MODEL_NAME.fullmatch(v):
             raise ValueError("not a valid model name (provider/model, e.g. ollama_chat/llama3.2)")
         return v
 
