@@ -49,9 +49,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=(), "
-                          "interest-cohort=()",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
     "Cross-Origin-Opener-Policy": "same-origin",
+    # Conversations and cards are private: no shared cache keeps them (static assets
+    # set their own Cache-Control, which wins).
+    "Cache-Control": "no-store",
 }
 DOCS_PAGES = frozenset({"/docs"})
 
