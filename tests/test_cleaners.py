@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from companion_engine.builtin.cleaners import Actions, Emoji, Expressions, Markdown
 from companion_engine.config import Profile
-from companion_engine.speech.session import SpeechSession, speakable
+from companion_engine.speech.session import SpeechSession, decoded, speakable
 from companion_engine.stages import Sanitizer
 from companion_engine.turn import Turn
 from tests.speech_helpers import Recorder, make_pipeline, make_turn
@@ -106,7 +106,7 @@ def test_options_forbid_unknown_keys() -> None:
 
 
 def test_speakable_decodes_entities_and_skips_punctuation() -> None:
-    assert speakable("It&#x27;s  &amp;\n fine") == "It's & fine"
+    assert speakable(decoded("It&#x27;s  &amp;\n fine")) == "It's & fine"
     assert speakable(" ... !!! -- ") == ""
     assert speakable("你好") == "你好"
 
@@ -123,7 +123,8 @@ async def test_session_reports_expressions_and_keeps_display_text_apart() -> Non
     turn = make_turn(pipeline)
     rec = Recorder()
     session = SpeechSession(pipeline, turn, rec)
-    display = ["[joy] **Hello** there! 😊", "*waves* [sad]", "It&#x27;s `fine`, see [x](http://a.b)."]
+    display = ["[joy] **Hello** there! 😊", "*waves* [sad]",
+               "It&#x27;s `fine`, &lt;i&gt;see&lt;/i&gt; [x](http://a.b)."]
     for s in display:
         session.add(s)
     assert session.expressions(0) == ["joy"]
@@ -133,7 +134,7 @@ async def test_session_reports_expressions_and_keeps_display_text_apart() -> Non
     await session.finish()
     assert rec.indexes() == [0, 2]  # sentence 1 has nothing to say
     first, third = rec.events[0][1], rec.events[1][1]
-    assert first["sentence"] == display[0] and first["text"] == "Hello there!"
+    assert first["display"] == display[0] and first["sentence"] == "Hello there!"
     assert first["expression"] == "joy" and first["expressions"] == ["joy"]
-    assert third["text"] == "It's fine, see x."
+    assert third["sentence"] == "It's fine, see x."
     assert "expression" not in third

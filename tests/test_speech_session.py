@@ -46,7 +46,7 @@ async def test_silent_sentences_are_skipped_without_breaking_order() -> None:
     session.add("Last one.")
     await session.finish()
     assert rec.indexes() == [0, 3]
-    assert [e["text"] for _, e in rec.events] == ["First one.", "Last one."]
+    assert [e["sentence"] for _, e in rec.events] == ["First one.", "Last one."]
 
 
 async def test_finish_without_sentences_and_aclose_are_idempotent() -> None:

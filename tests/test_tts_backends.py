@@ -210,7 +210,7 @@ async def test_one_failed_sentence_gives_audio_error_and_the_rest_goes_on(
     assert rec.names() == ["audio_ready", "audio_error", "audio_ready", "audio_ready"]
     assert rec.indexes() == [0, 1, 2, 3]
     error = rec.events[1][1]
-    assert error["sentence"] == "This one will FAIL."
+    assert error["sentence"] == error["display"] == "This one will FAIL."
     assert "HTTP 500" in error["error"] and "synthesis exploded" in error["error"]
 
 

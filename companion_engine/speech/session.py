@@ -11,10 +11,12 @@ Behind it, three kinds of task:
   sentence n+1 is being made while n is sent;
 - one *sender* task that awaits the syntheses in sentence order and emits.
 
-A sentence whose speech text comes out empty (an action, a code block, only
-emoji or punctuation) is not spoken and gets no audio event; its index is
-simply skipped. A failed synthesis gives ``audio_error`` for that index and
-the rest goes on. ``aclose()`` cancels everything still pending.
+``audio_ready.sentence`` is the text spoken (after the cleaners), ``display``
+the sentence as shown. A sentence whose speech text comes out empty (an
+action, a code block, only emoji or punctuation) is not spoken and gets no
+audio event; its index is simply skipped. A failed synthesis gives
+``audio_error`` for that index and the rest goes on. ``aclose()`` cancels
+everything still pending.
 """
 
 from __future__ import annotations
@@ -46,19 +48,27 @@ _SPACES = re.compile(r"\s+")
 
 
 def speakable(text: str) -> str:
-    """The text a TTS engine should get: entities decoded, whitespace collapsed.
-
-    Empty when nothing pronounceable is left (only punctuation or symbols).
-    """
-    text = _SPACES.sub(" ", html.unescape(text)).strip()
+    """The text a TTS engine should get: whitespace collapsed; empty when nothing
+    pronounceable is left (only punctuation or symbols)."""
+    text = _SPACES.sub(" ", text).strip()
     return text if any(ch.isalnum() for ch in text) else ""
+
+
+def decoded(sentence: str) -> str:
+    """The display text with HTML entities decoded, as the cleaners should see it.
+
+    The output sanitizers may have escaped markup for display (``&lt;i&gt;``,
+    ``It&#x27;s``); decoding first lets the cleaners remove the markup and the
+    engine say "It's".
+    """
+    return html.unescape(sentence)
 
 
 async def speech_text(pipeline: Pipeline, text: str, turn: Turn) -> str:
     """One text through the profile's cleaners, as ``speakable`` speech (``POST /api/tts``)."""
 
     async def one() -> AsyncIterator[str]:
-        yield text
+        yield decoded(text)
 
     stream: AsyncIterator[str] = one()
     for cleaner in pipeline.cleaners:
@@ -136,7 +146,7 @@ class SpeechSession:
         if self._cleaner is None:
             self._cleaner = self._spawn(self._clean(), "speech-clean")
             self._sender = self._spawn(self._send(), "speech-send")
-        self._inbox.put_nowait(sentence)
+        self._inbox.put_nowait(decoded(sentence))
         return index
 
     def expressions(self, index: int) -> list[str]:
@@ -262,8 +272,9 @@ class SpeechSession:
                     item.error = str(exc) or type(exc).__name__
                     logger.warning("TTS failed for sentence {}: {}", item.index, item.error)
             if audio is None:
-                await self._emit("audio_error", {"index": item.index, "sentence": item.sentence,
-                                                 "error": item.error})
+                await self._emit("audio_error", {
+                    "index": item.index, "sentence": item.spoken or item.sentence,
+                    "display": item.sentence, "error": item.error})
                 continue
             await self._emit("audio_ready", audio_event(item, audio))
             item.emitted_at = time.perf_counter()
@@ -283,8 +294,8 @@ def audio_event(item: SpeechItem, audio: Audio) -> dict[str, Any]:
             pass
     event: dict[str, Any] = {
         "index": item.index,
-        "sentence": item.sentence,
-        "text": item.spoken,
+        "sentence": item.spoken,
+        "display": item.sentence,
         "format": audio.format,
         "sample_rate": sample_rate,
         "audio": base64.b64encode(audio.data).decode("ascii"),
