@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
 
 from companion_engine.speech.session import SpeechSession
+from companion_engine.stages import Sanitizer
+from companion_engine.turn import Turn
 from tests.speech_helpers import Recorder, decoded_duration_ms, make_pipeline, make_turn
 
 SENTENCES = [
@@ -83,3 +88,47 @@ async def test_none_backend_speaks_nothing() -> None:
     session.add("Hello there.")
     await session.finish()
     assert rec.events == []
+
+
+class ExplodingCleaner(Sanitizer):
+    """A plugin cleaner that breaks on its third sentence."""
+
+    name = "exploding"
+
+    async def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
+        n = 0
+        async for sentence in chunks:
+            n += 1
+            if n == 3:
+                raise ValueError("cleaner bug")
+            yield sentence
+
+
+async def test_a_failing_cleaner_gives_audio_errors_from_that_sentence_on() -> None:
+    pipeline = make_pipeline({"cleaners": []})
+    pipeline.cleaners = [ExplodingCleaner()]
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    session.add("One sentence.")
+    session.add("Two sentences.")
+    session.add("Three sentences.")
+    await asyncio.sleep(0.05)
+    session.add("Four sentences.")
+    await session.finish()
+    assert rec.names() == ["audio_ready", "audio_ready", "audio_error", "audio_error"]
+    assert rec.indexes() == [0, 1, 2, 3]
+    assert "cleaner bug" in rec.events[2][1]["error"]
+
+
+async def test_emit_failing_ends_finish_and_cancels_the_rest() -> None:
+    pipeline = make_pipeline({"cleaners": [], "concurrency": 1})
+
+    async def gone(name: str, data: dict[str, object]) -> None:
+        raise ConnectionResetError("client went away")
+
+    session = SpeechSession(pipeline, make_turn(pipeline), gone)
+    for i in range(5):
+        session.add(f"Sentence number {i}.")
+    with pytest.raises(ConnectionResetError):
+        await session.finish()
+    assert all(i.task is None or i.task.done() for i in session.items)

@@ -1,0 +1,1 @@
+"""Voice: streaming sentence splitting, speech cleaning, TTS engines and per-turn scheduling."""
