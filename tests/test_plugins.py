@@ -385,3 +385,32 @@ def test_hookimpl_is_exported() -> None:
     import companion_engine
 
     assert companion_engine.hookimpl is hookimpl
+
+
+RELOAD_PLUGIN = """
+from companion_engine import hookimpl
+
+SEEN = []
+
+@hookimpl
+async def config_reloaded(engine):
+    SEEN.append((engine.reload_status.generation, engine.profile.user_name))
+"""
+
+
+async def test_hook_config_reloaded(make_client, make_config) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    config = make_config()
+    write_plugin(config.path("plugins"), "watcher", RELOAD_PLUGIN)
+    client = await make_client(config)
+    profile_file = config.path("profiles") / "default.yaml"
+    data = yaml.safe_load(profile_file.read_text())
+    data["user_name"] = "Reloaded"
+    profile_file.write_text(yaml.safe_dump(data))
+    resp = await client.post("/-/reload")
+    assert resp.status == 200, await resp.text()
+    # The plugin file was re-executed by the reload; the fresh module holds the record.
+    seen = sys.modules["companion_local_plugins.watcher"].SEEN
+    assert seen and seen[-1][1] == "Reloaded"
+    assert seen[-1][0] >= 2
