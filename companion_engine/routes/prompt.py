@@ -1,1 +1,107 @@
-"""Placeholder: filled in by its issue."""
+"""``POST /api/prompt/preview``: the prompt a chat turn would send, without calling the LLM.
+
+The turn is built exactly as the chat runner builds it (``make_turn``) and
+assembled by the same ``assemble_prompt``; nothing is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from companion_engine import hookimpl
+from companion_engine.chat.request import ChatRequest
+from companion_engine.keys import ENGINE
+from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.prompting import HISTORY_STASH, assemble_prompt
+from companion_engine.tokens import get_counter
+
+routes = ApiRoutes()
+
+
+class PreviewMessage(BaseModel):
+    role: str
+    content: str
+    tokens: int = Field(description="tokens of this message, format overhead included")
+
+
+class PreviewLore(BaseModel):
+    id: int | str | None
+    comment: str
+    position: str = Field(description="before_char, after_char, at_depth, before_examples, ...")
+    order: int
+    source: str = Field(description="the lorebook: the character's name or a file's stem")
+    depth: int | None = None
+    role: str | None = None
+    matched: str | None = Field(default=None, description="the key that activated it, or "
+                                                          "constant / @@activate")
+    tokens: int = 0
+
+
+class PreviewTokens(BaseModel):
+    total: int
+    tokenizer: str = Field(description="tiktoken:<encoding>, or estimate:chars/4")
+    exact: bool
+    lore: int = 0
+    lore_budget: int | None = None
+    lore_overflowed: bool = False
+    history: int | None = None
+    history_budget: int | None = None
+    history_dropped: int = 0
+
+
+class PromptPreview(BaseModel):
+    success: bool = True
+    model: str
+    character: str | None
+    conversation_id: str | None
+    greeting: str | None = Field(default=None, description="the greeting that would open a new "
+                                                           "conversation")
+    messages: list[PreviewMessage]
+    lore: list[PreviewLore]
+    tokens: PreviewTokens
+    warnings: list[str] = Field(default_factory=list, description="lorebook problems")
+
+
+@routes.post("/api/prompt/preview", body=ChatRequest, response=PromptPreview,
+             summary="The assembled prompt and activated lorebook entries, without the LLM",
+             tags=["prompt"], errors=(400, 404, 413, 422))
+async def preview_prompt(request: web.Request) -> web.Response:
+    from companion_engine.chat.turns import make_turn  # the chat runner's own turn builder
+
+    engine = request.app[ENGINE]
+    req = await read_body(request, ChatRequest)
+    async with engine.lease() as pipeline:
+        turn = await make_turn(engine, pipeline, req)
+        await assemble_prompt(pipeline, turn)
+    counter = await get_counter(turn.model or turn.profile.llm.model)
+    messages = [PreviewMessage(role=m["role"], content=m["content"],
+                               tokens=counter.count_message(m["content"]))
+                for m in turn.messages]
+    lore_stats: dict[str, Any] = turn.stash.get("lorebook", {})
+    history: dict[str, Any] = turn.stash.get(HISTORY_STASH, {})
+    body = PromptPreview(
+        model=turn.model or turn.profile.llm.model,
+        character=turn.character.id if turn.character is not None else None,
+        conversation_id=turn.conversation_id,
+        greeting=turn.greeting,
+        messages=messages,
+        lore=[PreviewLore(id=x.id, comment=x.comment, position=x.position, order=x.order,
+                          source=x.source, depth=x.depth, role=x.role, matched=x.matched,
+                          tokens=x.tokens) for x in turn.lore],
+        tokens=PreviewTokens(
+            total=sum(m.tokens for m in messages), tokenizer=counter.name, exact=counter.exact,
+            lore=lore_stats.get("tokens", 0), lore_budget=lore_stats.get("token_budget"),
+            lore_overflowed=lore_stats.get("overflowed", False),
+            history=history.get("tokens"), history_budget=history.get("max_tokens"),
+            history_dropped=history.get("dropped", 0)),
+        warnings=lore_stats.get("warnings", []),
+    )
+    return json_response(body.model_dump(mode="json"))
+
+
+@hookimpl
+def register_routes(engine: Any) -> list[web.AbstractRouteDef]:
+    return list(routes)
