@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -118,7 +120,7 @@ def test_slash_key_with_unescaped_slash_is_plain() -> None:
 
 def test_catastrophic_regex_times_out_as_a_miss() -> None:
     e = [entry("/(x+x+)+y/", id=1)]
-    assert fired(run(e, ["User: " + "x" * 5000])) == []
+    assert fired(run(e, ["User: " + "x" * 5000 + " y"])) == []  # runs into its timeout
 
 
 # --- the scan buffer ------------------------------------------------------------------------
@@ -366,3 +368,15 @@ def test_indexed_matching_equals_reference(keys: list[str], parts: list[str],
     expected = [i for i, k in enumerate(keys)
                 if st_match(buffer, k, case_sensitive=case_sensitive, whole_words=whole)]
     assert sorted(fired(result)) == expected
+
+
+def test_regex_time_budget_caps_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    scan_module = importlib.import_module("companion_engine.lorebook.scan")
+    # ten catastrophic regexes (each stopped by its own timeout), then one that matches
+    lore = compile_entries([entry("/(x+x+)+y/", id=i) for i in range(10)]
+                           + [entry("/\\s\\S$/", id="late")])
+    chat = ["User: " + "x" * 3000 + " y"]
+    monkeypatch.setattr(scan_module, "REGEX_SCAN_BUDGET_S", 60.0)
+    assert fired(run(lore, chat)) == ["late"]
+    monkeypatch.setattr(scan_module, "REGEX_SCAN_BUDGET_S", 0.1)
+    assert fired(run(lore, chat)) == []  # the budget ran out before the last regex

@@ -9,6 +9,7 @@ spec instead (see ``docs/lorebook.md``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -35,7 +36,7 @@ from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
 from companion_engine.turn import LoreActivation, Turn
 
-#: Books with more entries than this compile in a thread (off the event loop).
+#: Books with more entries than this compile and scan in a thread (off the event loop).
 THREAD_COMPILE_ENTRIES = 300
 
 
@@ -138,9 +139,13 @@ class LorebookStage(LorebookInjector):
         lore = await self.compiled(turn)
         counter = await get_counter(turn.model or turn.profile.llm.model)
         opts = self.scan_options(lore)
-        result = scan(lore, chat_for_scan(scan_messages(turn, self.opts.include_names)), opts,
-                      count=counter.count, char=turn.char_name, user=turn.user_name,
-                      rng=random.Random(self.opts.seed) if self.opts.seed is not None else None)
+        chat = chat_for_scan(scan_messages(turn, self.opts.include_names))
+        rng = random.Random(self.opts.seed) if self.opts.seed is not None else None
+        run = functools.partial(scan, lore, chat, opts, count=counter.count,
+                                char=turn.char_name, user=turn.user_name, rng=rng)
+        # Big books scan off the event loop: their regex keys may take a while.
+        result = await asyncio.to_thread(run) if len(lore.entries) > THREAD_COMPILE_ENTRIES \
+            else run()
         placement = place(result.activated)
         for position, contents in placement.slots.items():
             turn.slots.setdefault(position, []).extend(contents)

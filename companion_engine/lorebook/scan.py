@@ -11,9 +11,12 @@ everything), then recursion over the activated contents.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from loguru import logger
 
 from companion_engine.cards.macros import substitute
 from companion_engine.lorebook.compile import CompiledLore
@@ -25,6 +28,8 @@ JOINER = "\n" + MATCHER
 MAX_SCAN_DEPTH = 1000
 #: Safety net for unlimited recursion (each pass must activate something new anyway).
 HARD_PASS_LIMIT = 100
+#: Seconds of regex matching one scan may spend; past it, remaining regex keys miss.
+REGEX_SCAN_BUDGET_S = 0.25
 
 
 class ScanState(Enum):
@@ -83,6 +88,21 @@ class _Scanner:
         self._chat_found: dict[tuple[int | None, int], Found] = {}
         self._segment_found: dict[tuple[int | None, int], Found] = {}
         self.segments: list[str] = []
+        self.regex_seconds = 0.0
+
+    def run_regex(self, kid: int, text: str, starts: list[int] | None) -> bool:
+        """One regex key on ``text``, within the scan's regex time budget."""
+        if self.regex_seconds > REGEX_SCAN_BUDGET_S:
+            return False
+        began = time.perf_counter()
+        try:
+            return self.lore.keys[kid].search(text, starts)
+        finally:
+            self.regex_seconds += time.perf_counter() - began
+            if self.regex_seconds > REGEX_SCAN_BUDGET_S:
+                logger.warning("lorebook: regex keys took over {} s this turn; the rest are "
+                               "skipped (last: {!r})", REGEX_SCAN_BUDGET_S,
+                               self.lore.keys[kid].raw)
 
     def chat_text(self, depth: int) -> str:
         if depth <= 0:
@@ -116,9 +136,8 @@ class _Scanner:
             regexes = {k: v for k, v in found.regex_candidates.items() if k not in found.hits}
             if regexes:
                 full = text + JOINER + JOINER.join(segments) if segments else text
-                keys = self.lore.keys
                 found.hits.update(k for k, starts in regexes.items()
-                                  if keys[k].search(full, starts))
+                                  if self.run_regex(k, full, starts))
             hits |= found.hits
         owner, is_primary = self.lore.owner, self.lore.is_primary
         ranks = {owner[k] for k in hits if is_primary[k]}
