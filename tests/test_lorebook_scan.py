@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from companion_engine.lorebook import ScanOptions, place, scan
+from companion_engine.lorebook.decorators import parse_decorators
 from companion_engine.lorebook.reference import st_match
 from companion_engine.tokens import estimate_tokens
 from tests.lorebook_helpers import compile_entries, entry, fired, run
@@ -348,7 +349,8 @@ def test_spec_book_scan_depth_and_v3_decorators() -> None:
 
 _words = st.sampled_from(["cat", "Cat", "dog", "café", "a", "x_y", "don't", "猫", "C++", "the",
                           "forest", "magical forest", "/ca./i", "/^\\x01/", "/dog$/",
-                          "/[/", "  spaced  "])
+                          "/[/", "  spaced  ", "/\\bcat\\b/", "/(?:cat|dog)s?/i",
+                          "/c\\w*t/", "/con(cat)+/", "/(?<=x_)y/", "/ß/i", "/İ/i"])
 _text = st.lists(st.sampled_from(["cat", "concatenate", "Cat!", "dog.", "cafés", "café",
                                   "x_y", "xx_y", "don't", "猫が", "C++", "the", "magical",
                                   "forest", " ", "\n", "-", "ß", "İ"]), max_size=25)
@@ -380,3 +382,21 @@ def test_regex_time_budget_caps_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fired(run(lore, chat)) == ["late"]
     monkeypatch.setattr(scan_module, "REGEX_SCAN_BUDGET_S", 0.1)
     assert fired(run(lore, chat)) == []  # the budget ran out before the last regex
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.text(alphabet="@ \n\rabc,_:", max_size=40))
+def test_decorator_parsing_never_fails_and_keeps_the_rest(content: str) -> None:
+    _decorators, rest = parse_decorators(content)
+    if not content.startswith("@@"):
+        assert rest == content
+    else:  # what remains is the content after the decorator lines, untouched
+        assert content.endswith(rest)
+        assert not rest.split("\n")[0].strip().startswith("@@")
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.text(alphabet="/\\()[]{}?*+|^$.gimsuyab<>k", max_size=16))
+def test_regex_keys_never_raise(key: str) -> None:
+    lore = compile_entries([entry(key, id=1)])
+    scan(lore, ["User: ab/ab"], ScanOptions(), count=estimate_tokens)
