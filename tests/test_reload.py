@@ -476,3 +476,35 @@ async def test_deleted_companion_yaml_is_an_error_until_it_is_back(start: Start)
     save(config_file, text)
     status = await wait_generation(client, 2)
     assert status["last_error"] is None
+
+
+async def _prompt_text(client: TestClient, cid: str, message: str) -> str:
+    resp = await client.post("/api/prompt/preview", json={
+        "character_id": cid, "messages": [{"role": "user", "content": message}]})
+    body = await resp.json()
+    assert resp.status == 200, body
+    return "\n".join(m["content"] for m in body["messages"])
+
+
+async def test_edited_card_gets_its_lorebook_recompiled(start: Start, cards_dir: Path) -> None:
+    """The real Seraphina card: an edited lore entry is what the next prompt uses."""
+    client, cfg = await start("A", prompt=["system_prompt", {"lorebook": {}},
+                                           "character_definition", "history"])
+    card = json.loads((cards_dir / "seraphina.v2.chara.json").read_text(encoding="utf-8"))
+    target = cfg.path("characters") / "seraphina.json"
+    save(target, json.dumps(card))
+    await wait_until(lambda: _names_if(client, "seraphina"), what="card to appear")
+    before = await _prompt_text(client, "seraphina", "What is the glade?")
+    assert "Seraphina smiles" in before and "MOONWELL" not in before
+
+    entry = card["data"]["character_book"]["entries"][2]
+    entry["keys"] = ["moonwell"]
+    entry["content"] = "The MOONWELL is a silver pool at the heart of the glade."
+    save(target, json.dumps(card))
+
+    async def recompiled() -> bool:
+        return "MOONWELL" in await _prompt_text(client, "seraphina", "Show me the moonwell.")
+
+    await wait_until(recompiled, what="edited lore entry in the prompt")
+    after = await _prompt_text(client, "seraphina", "What is the glade?")
+    assert "Seraphina smiles" not in after  # the old key no longer activates anything
