@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from companion_engine.lorebook import ScanOptions, place, scan
 from companion_engine.lorebook.decorators import parse_decorators
+from companion_engine.lorebook.keys import prefilter
 from companion_engine.lorebook.reference import st_match
 from companion_engine.tokens import estimate_tokens
 from tests.lorebook_helpers import compile_entries, entry, fired, run
@@ -400,3 +401,17 @@ def test_decorator_parsing_never_fails_and_keeps_the_rest(content: str) -> None:
 def test_regex_keys_never_raise(key: str) -> None:
     lore = compile_entries([entry(key, id=1)])
     scan(lore, ["User: ab/ab"], ScanOptions(), count=estimate_tokens)
+
+
+@pytest.mark.parametrize(("pattern", "flags", "expected"), [
+    (r"\bdragons?\b", "i", (("dragon",), True, True)),
+    (r"(?:Cat|dog)s", "", (("Cat", "dog"), False, True)),
+    (r"x\d+dragon", "", (("dragon",), False, False)),    # "x" starts it but "dragon" is rarer
+    (r"(?i)Dragon", "", (("dragon",), True, True)),
+    (r"\d+", "", (None, False, False)),
+    (r"(a|\d)b", "", (("b",), False, False)),
+    (r"drâgon", "i", (None, True, False)),               # Unicode folding: no prefilter
+    (r"[", "", (None, False, False)),
+])
+def test_regex_prefilter(pattern: str, flags: str, expected: tuple[object, ...]) -> None:
+    assert prefilter(pattern, flags) == expected

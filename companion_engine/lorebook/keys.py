@@ -187,27 +187,31 @@ def _parse(pattern: str) -> Any:
         return None
 
 
-def required_literals(pattern: str, flags: str) -> tuple[tuple[str, ...] | None, bool]:
-    """Literals one of which any match contains, and whether to look for them lower-cased.
+def prefilter(pattern: str, flags: str) -> tuple[tuple[str, ...] | None, bool, bool]:
+    """(literals, folded, anchored): what a scan looks for before running the regex.
 
-    (None, _) when none can be proven (the regex then runs on every scan).
-    Case-insensitive non-ASCII patterns get no prefilter: Unicode case folding
-    and ``str.lower`` disagree on a few letters (``ſ``, final sigma).
+    ``literals``: one of them occurs in any match (None: none could be proven, the
+    regex runs on every scan); ``folded``: look for them in the lower-cased text;
+    ``anchored``: every match *starts* with one of them. Case-insensitive
+    non-ASCII patterns get no prefilter: Unicode case folding and ``str.lower``
+    disagree on a few letters (``ſ``, final sigma).
     """
-    ignorecase = "i" in flags
-    if ignorecase and not pattern.isascii():
-        return None, True
+    folded = "i" in flags
     tree = _parse(pattern)
     if tree is None:
-        return None, ignorecase
-    if tree.state.flags & re.IGNORECASE:
-        ignorecase = True
+        return None, folded, False
+    folded = folded or bool(tree.state.flags & re.IGNORECASE)
+    if folded and not pattern.isascii():
+        return None, folded, False
     found = _required(tree.data)
     if not found:
-        return None, ignorecase
-    if ignorecase:
-        found = [s.lower() for s in found]
-    return tuple(dict.fromkeys(found)), ignorecase
+        return None, folded, False
+    anchored = False
+    starts = _prefixes(tree.data)
+    if starts and min(map(len, starts)) >= min(3, *map(len, found)):
+        found, anchored = starts, True
+    literals = tuple(dict.fromkeys(x.lower() if folded else x for x in found))
+    return literals, folded, anchored
 
 
 # --- plain keys ------------------------------------------------------------------------------
@@ -228,14 +232,7 @@ def plain_key(kid: int, raw: str, *, case_sensitive: bool, whole_words: bool) ->
 def regex_key(kid: int, raw: str, pattern: str, flags: str) -> Key:
     """A REGEX key (raises ``regex.error`` when the pattern does not compile)."""
     compiled, sticky = compile_js_regex(pattern, flags)
-    literals, folded = required_literals(pattern, flags)
-    anchored = False
-    if literals is not None:
-        tree = _parse(pattern)
-        starts = _prefixes(tree.data) if tree is not None else None
-        if starts and min(map(len, starts)) >= min(3, *map(len, literals)):
-            literals, anchored = tuple(dict.fromkeys(
-                x.lower() if folded else x for x in starts)), True
+    literals, folded, anchored = prefilter(pattern, flags)
     return Key(kid=kid, raw=raw, kind=REGEX, text=pattern, folded=folded, pattern=compiled,
                sticky=sticky, literals=literals, anchored=anchored)
 
