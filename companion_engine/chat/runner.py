@@ -1,0 +1,360 @@
+"""Runs one chat turn: prompt, LLM stream, sanitizers, splitter, speech, events, storage.
+
+The token path is one chain of async generators iterated by the request's own
+task, with no extra task or queue per token::
+
+    LLM deltas -> output sanitizer 1 -> ... -> tap -> sentence splitter
+
+The *tap* holds the ``content`` event of the piece it last passed on and writes
+it when the splitter asks for the next piece (or the reply ends), so a sentence
+the splitter completes with that piece rides on the same event as
+``sentence_complete: true, sentence``. A sentence completed only by the final
+flush goes out as an extra ``content`` event with empty ``content``. Sentences
+also go to the ``SpeechSession`` (when speech is on), whose audio events are
+written by its own task through the same serialised ``emit``.
+
+Every turn ends with exactly one of ``done`` or ``error``, is stored (server-
+managed history: the user message before the LLM call, the reply after it,
+marked ``interrupted`` when the client left), logged in one line and reported
+to ``turn_completed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from loguru import logger
+
+from companion_engine.builtin.sanitizers import FINISH_REASON
+from companion_engine.chat.sse import ClientGone, SSEWriter, timestamp
+from companion_engine.errors import ApiError
+from companion_engine.llm import LLMError, LLMStream, estimate_tokens
+from companion_engine.prompting import assemble_prompt
+from companion_engine.stages import Stage
+from companion_engine.store import StoredMessage
+
+if TYPE_CHECKING:
+    from companion_engine.engine import Engine
+    from companion_engine.pipeline import Pipeline
+    from companion_engine.speech.session import SpeechSession
+    from companion_engine.turn import Turn
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+Status = Literal["complete", "interrupted", "error"]
+
+
+class StageFailure(Exception):
+    """A stage raised mid-turn; ``type`` is the SSE error type."""
+
+    type = "stage_error"
+
+
+def stage_failure(exc: BaseException) -> StageFailure:
+    """Name the stage whose code raised ``exc`` (found on the traceback)."""
+    name = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Stage):
+            name = owner.name
+    where = f"stage {name!r}" if name else "a pipeline stage"
+    return StageFailure(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class TurnResult:
+    """What a finished turn produced (also kept in ``turn.stash["result"]``)."""
+
+    status: Status = "complete"
+    content: str = ""
+    usage: dict[str, Any] | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    chunk_count: int = 0
+
+
+def _ms(start: float, t: float | None) -> float | None:
+    return None if t is None else round((t - start) * 1000, 1)
+
+
+class TurnRunner:
+    """One turn on one leased pipeline. ``prepare()`` before any response is sent."""
+
+    def __init__(self, engine: Engine, pipeline: Pipeline, turn: Turn, *, speak: bool,
+                 store_history: bool) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.turn = turn
+        self.speak = speak
+        self.store_history = store_history
+        self.provider = turn.model
+        self.result = TurnResult()
+        self._failure: StageFailure | None = None
+        #: While True, a client leaving cancels the turn's task (not once it is finishing).
+        self._cancellable = False
+        self._emit: Emit
+        self._speech: SpeechSession | None = None
+        self._llm: LLMStream | None = None
+        self._gens: list[Any] = []
+        # The tap's state.
+        self._parts: list[str] = []
+        self._pending: str | None = None
+        self._pending_sentence: str | None = None
+        self._chunk_index = 0
+        self._source_done = False
+        self._first_token_at: float | None = None
+        self._first_sentence_at: float | None = None
+
+    # --- phases ---------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Assemble the prompt. ``ApiError`` (bad request) propagates; a failing stage is
+        remembered and reported as ``stage_error`` once the stream is open."""
+        try:
+            await assemble_prompt(self.pipeline, self.turn)
+        except ApiError:
+            raise
+        except Exception as exc:
+            self._failure = stage_failure(exc)
+            logger.opt(exception=exc).warning("prompt assembly failed: {}", self._failure)
+
+    async def stream_to(self, writer: SSEWriter) -> TurnResult:
+        """Run the turn writing SSE; a client that leaves cancels it at once."""
+        task = asyncio.current_task()
+        assert task is not None
+        left = False
+
+        def client_left() -> None:
+            nonlocal left
+            if self._cancellable:
+                left = True
+                task.cancel()
+
+        self._cancellable = True
+        watcher = asyncio.create_task(writer.watch(client_left), name="sse-watch")
+        try:
+            return await self.run(writer.send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()  # our watcher's doing: the client left and the turn is over
+            return self.result
+        finally:
+            self._cancellable = False
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def run(self, emit: Emit) -> TurnResult:
+        """The whole turn; returns how it ended (errors are events, not exceptions)."""
+        self._emit = emit
+        turn = self.turn
+        try:
+            await self._store_request()
+            if self._failure is not None:
+                raise self._failure
+            self._llm = self.engine.llm.stream(turn.messages, turn.model)
+            await self._llm.open()
+            await emit("provider_connected", {
+                "provider": self.provider, "type": self._llm.target.type,
+                "model": turn.model, "character": self._character_name,
+                "conversation_id": turn.conversation_id, "timestamp": timestamp()})
+            if self.speak:
+                self._speech = self._new_speech()
+            await self._pump(self._llm)
+            await self._close_chain()
+            if self._speech is not None:
+                await self._speech.finish()
+            self.result.status = "complete"
+            self._finish_timings()
+            await emit("done", self._done_event())
+        except (ClientGone, asyncio.CancelledError) as exc:
+            self.result.status = "interrupted"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        except (LLMError, StageFailure) as exc:
+            await self._fail(exc.type, str(exc))
+        except Exception as exc:
+            failure = stage_failure(exc)
+            logger.opt(exception=exc).warning("turn failed: {}", failure)
+            await self._fail(failure.type, str(failure))
+        finally:
+            await self._finish()
+        return self.result
+
+    # --- the token path -------------------------------------------------------------------
+
+    async def _pump(self, llm: LLMStream) -> None:
+        chain: AsyncIterator[str] = llm.deltas()
+        self._gens.append(chain)
+        for sanitizer in self.pipeline.output:
+            chain = sanitizer.process(chain, self.turn)
+            self._gens.append(chain)
+        tapped = self._tap(chain)
+        self._gens.append(tapped)
+        sentences = self.pipeline.splitter.split(tapped, self.turn)
+        self._gens.append(sentences)
+        async for sentence in sentences:
+            await self._sentence(sentence)
+
+    async def _tap(self, source: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for piece in source:
+            if not piece:
+                continue
+            if self._first_token_at is None:
+                self._first_token_at = time.perf_counter()
+            self._parts.append(piece)
+            self._pending = piece
+            yield piece
+            await self._flush()  # the splitter asks for more: this piece's event goes out
+        self._source_done = True
+
+    async def _sentence(self, sentence: str) -> None:
+        if self._first_sentence_at is None:
+            self._first_sentence_at = time.perf_counter()
+        if self._speech is not None:
+            self._speech.add(sentence)
+        if self._pending is None or self._pending_sentence is not None:
+            await self._flush()
+            self._pending = ""  # a sentence with no new text of its own
+        self._pending_sentence = sentence
+        if self._source_done:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        content = self._pending
+        if content is None:
+            return
+        self._pending = None
+        data: dict[str, Any] = {"content": content, "provider": self.provider,
+                                "chunk_index": self._chunk_index, "timestamp": timestamp()}
+        if self._pending_sentence is not None:
+            data["sentence_complete"] = True
+            data["sentence"] = self._pending_sentence
+            self._pending_sentence = None
+        self._chunk_index += 1
+        await self._emit("content", data)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @property
+    def _character_name(self) -> str | None:
+        return self.turn.character.display_name if self.turn.character else None
+
+    def _new_speech(self) -> SpeechSession:
+        from companion_engine.speech.session import SpeechSession
+
+        return SpeechSession(self.pipeline, self.turn, self._emit)
+
+    async def _close_chain(self) -> None:
+        """Close the generators (last first) and the LLM response: the provider stops."""
+        gens, self._gens = self._gens, []
+        for gen in reversed(gens):
+            try:
+                await gen.aclose()
+            except Exception as exc:  # a stage failing to close must not hide the turn
+                logger.debug("closing {} failed: {}", gen, exc)
+        if self._llm is not None:
+            await self._llm.aclose()
+
+    async def _fail(self, kind: str, message: str) -> None:
+        self.result.status = "error"
+        self.result.error = {"type": kind, "provider": self.provider, "error": message}
+        try:
+            await self._emit("error", {**self.result.error, "timestamp": timestamp()})
+        except ClientGone:
+            self.result.status = "interrupted"
+
+    def _finish_timings(self) -> None:
+        start = self.turn.started_at
+        first_audio = self._speech.first_audio_at if self._speech is not None else None
+        self.result.timings = {
+            "ttft_ms": _ms(start, self._first_token_at),
+            "first_sentence_ms": _ms(start, self._first_sentence_at),
+            "ttfa_ms": _ms(start, first_audio),
+            "total_ms": _ms(start, time.perf_counter()),
+        }
+
+    def _usage(self) -> dict[str, Any]:
+        if self._llm is not None and self._llm.usage and self._llm.usage.get("total_tokens"):
+            return dict(self._llm.usage)
+        prompt = estimate_tokens("".join(m["content"] for m in self.turn.messages))
+        completion = estimate_tokens(self.result.content)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion, "estimated": True}
+
+    def _done_event(self) -> dict[str, Any]:
+        self.result.content = "".join(self._parts)
+        self.result.usage = self._usage()
+        self.result.finish_reason = self.turn.stash.get(FINISH_REASON) or (
+            self._llm.finish_reason if self._llm else None)
+        self.result.chunk_count = self._llm.chunk_count if self._llm else 0
+        return {
+            "provider": self.provider, "model": self.turn.model,
+            "chunk_count": self.result.chunk_count, "full_content": self.result.content,
+            "character": self._character_name, "conversation_id": self.turn.conversation_id,
+            "usage": self.result.usage, "finish_reason": self.result.finish_reason,
+            "timings": self.result.timings, "timestamp": timestamp(),
+        }
+
+    # --- storage and the end of a turn ----------------------------------------------------
+
+    async def _store_request(self) -> None:
+        """The user message (and a new conversation's greeting), before the LLM call."""
+        if not self.store_history:
+            return
+        turn = self.turn
+        now = time.time()
+        messages = []
+        if turn.greeting and not turn.history:
+            messages.append(StoredMessage("assistant", turn.greeting, created_at=now,
+                                          meta={"greeting": True}))
+        messages.append(StoredMessage("user", turn.user_message, created_at=now,
+                                      meta={"user_name": turn.user_name}))
+        await self.engine.store.append_messages(turn.conversation_id or "", messages,
+                                                character_id=self._character_id)
+
+    @property
+    def _character_id(self) -> str | None:
+        return self.turn.character.id or None if self.turn.character else None
+
+    async def _store_reply(self) -> None:
+        if not self.store_history:
+            return
+        r = self.result
+        meta: dict[str, Any] = {"model": self.turn.model}
+        for key in ("usage", "finish_reason", "error"):
+            if getattr(r, key):
+                meta[key] = getattr(r, key)
+        reply = StoredMessage("assistant", r.content, status=r.status, created_at=time.time(),
+                              meta=meta)
+        await self.engine.store.append_messages(self.turn.conversation_id or "", [reply],
+                                                character_id=self._character_id)
+
+    async def _finish(self) -> None:
+        """Release everything, store the reply, log once, tell the plugins. Never raises."""
+        self._cancellable = False
+        await self._close_chain()
+        if self._speech is not None and self.result.status != "complete":
+            await self._speech.aclose()
+        if not self.result.content:
+            self.result.content = "".join(self._parts)
+        if not self.result.timings:
+            self._finish_timings()
+        self.turn.stash["result"] = self.result
+        try:
+            await asyncio.shield(self._store_reply())
+        except Exception as exc:
+            logger.opt(exception=exc).error("storing the reply of {} failed",
+                                            self.turn.conversation_id)
+        t = self.result.timings
+        logger.info("turn {} model={} conversation={} chunks={} chars={} ttft_ms={} "
+                    "first_sentence_ms={} ttfa_ms={} total_ms={}", self.result.status,
+                    self.turn.model, self.turn.conversation_id, self._chunk_index,
+                    len(self.result.content), t.get("ttft_ms"), t.get("first_sentence_ms"),
+                    t.get("ttfa_ms"), t.get("total_ms"))
+        await self.engine.plugins.call("turn_completed", engine=self.engine, turn=self.turn)

@@ -1,0 +1,83 @@
+"""From a chat request to a ``Turn``: character, history, user name and model.
+
+Nothing here has side effects: naming a character in a request does not make it
+the active one, and a conversation is only written once the turn runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from companion_engine.errors import ApiError
+from companion_engine.llm import ModelError, validate_model
+from companion_engine.turn import Message, Turn
+
+if TYPE_CHECKING:
+    from companion_engine.cards.model import Character
+    from companion_engine.chat.request import ChatRequest
+    from companion_engine.engine import Engine
+    from companion_engine.pipeline import Pipeline
+    from companion_engine.store import Conversation
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def stored_history(conversation: Conversation | None) -> list[Message]:
+    """A stored conversation as prompt history (failed replies left out)."""
+    if conversation is None:
+        return []
+    return [{"role": m.role, "content": m.content} for m in conversation.messages  # type: ignore[typeddict-item]
+            if m.status != "error" and m.content and m.role in ("user", "assistant", "system")]
+
+
+async def make_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest) -> Turn:
+    """Resolve what a request means; 404 for an unknown character, 400 for a bad model."""
+    conversation = None
+    if req.message is not None and req.conversation_id is not None:
+        conversation = await engine.store.get_conversation(req.conversation_id)
+    character = resolve_character(engine, req.character_id,
+                                  conversation.character_id if conversation else None)
+    if req.messages is not None:
+        history: list[Message] = [{"role": m.role, "content": m.content}
+                                  for m in req.messages[:-1] if m.content.strip()]
+        conversation_id = req.conversation_id
+    else:
+        history = stored_history(conversation)
+        conversation_id = req.conversation_id or new_conversation_id()
+    model = engine.active_model
+    if req.model is not None:
+        try:
+            model = await validate_model(req.model)
+        except ModelError as exc:
+            raise ApiError(400, str(exc)) from None
+    turn = Turn(
+        profile=pipeline.profile,
+        user_message=req.user_message,
+        character=character,
+        user_name=req.user_name or pipeline.profile.user_name,
+        history=history,
+        conversation_id=conversation_id,
+        model=model,
+        engine=engine,
+    )
+    if req.greeting is not None:
+        turn.stash["greeting_index"] = req.greeting
+    return turn
+
+
+def resolve_character(engine: Engine, requested: str | None,
+                      conversation_character: str | None) -> Character | None:
+    """The requested card, else the conversation's, else the active one."""
+    if requested is not None:
+        character = engine.characters.get(requested)
+        if character is None:
+            raise ApiError(404, f"character not found: {requested}")
+        return character
+    if conversation_character is not None:
+        character = engine.characters.get(conversation_character)
+        if character is not None:
+            return character
+    return engine.characters.active()

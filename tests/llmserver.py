@@ -1,0 +1,320 @@
+"""A scripted local LLM server for tests: OpenAI streaming and Ollama, over real HTTP.
+
+It speaks ``POST /v1/chat/completions`` (SSE when ``stream`` is true, JSON otherwise),
+``GET /v1/models``, Ollama's ``POST /api/chat`` (NDJSON) and ``GET /api/tags``.
+Each chat request consumes the next queued ``Script`` (or the default one), so a
+test says exactly what the "model" does: which tokens, how fast, whether it
+fails, sends garbage, hangs or drops the connection. Every chat request is
+recorded with the time the client connection closed, so tests can prove that a
+client going away cancels the upstream request.
+
+Usage::
+
+    from tests import llmserver
+    from tests.llmserver import Script
+
+    llm_server = llmserver.llm_server  # the fixture, in the test module
+
+    async def test_x(llm_server):
+        llm_server.push(Script(tokens=["Hi", " there", "."], delay_s=0.01))
+        ... model "openai/test" with api_base=llm_server.openai_base ...
+        rec = llm_server.requests[-1]
+        await rec.wait_closed(1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    """What the fake model does for one chat request."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", " there", "!"])
+    #: Seconds before the first token (after the response headers).
+    first_delay_s: float = 0.0
+    #: Seconds between tokens.
+    delay_s: float = 0.0
+    #: Answer with this HTTP status and an error body instead of streaming.
+    status: int = 200
+    error_message: str = "scripted failure"
+    #: Seconds to wait before sending the response headers (a slow provider).
+    headers_delay_s: float = 0.0
+    #: Insert an unparseable chunk before token i (index into ``tokens``).
+    garbage_at: int | None = None
+    garbage: str = "{this is not json"
+    #: After this many tokens, stop sending anything but keep the connection open.
+    hang_after: int | None = None
+    #: After this many tokens, drop the connection without finishing the stream.
+    drop_after: int | None = None
+    #: Send a usage block at the end (OpenAI: when ``stream_options.include_usage``).
+    usage: bool = True
+    finish_reason: str = "stop"
+
+
+@dataclass
+class RecordedRequest:
+    """One chat request as the server saw it."""
+
+    path: str
+    body: dict[str, Any]
+    started_at: float
+    closed_at: float | None = None
+    #: True when the whole scripted stream was sent.
+    completed: bool = False
+    _closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def wait_closed(self, within: float) -> float:
+        """Wait until the connection of this request ended; return ``closed_at``."""
+        await asyncio.wait_for(self._closed.wait(), within)
+        assert self.closed_at is not None
+        return self.closed_at
+
+    def mark_closed(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = time.perf_counter()
+            self._closed.set()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LLMTestServer:
+    """The scripted server; start with ``await LLMTestServer.start()``."""
+
+    def __init__(self) -> None:
+        self.scripts: deque[Script] = deque()
+        self.default = Script()
+        self.requests: list[RecordedRequest] = []
+        self.models = ["test-model", "other-model"]
+        #: Status for ``/v1/models`` and ``/api/tags`` (set 500 to simulate a sick provider).
+        self.listing_status = 200
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- scripting ------------------------------------------------------------------------
+
+    def push(self, *scripts: Script) -> None:
+        """Queue scripts; each chat request takes the next one (then the default)."""
+        self.scripts.extend(scripts)
+
+    def _next_script(self) -> Script:
+        return self.scripts.popleft() if self.scripts else self.default
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base(self) -> str:
+        """``api_base`` for ``openai/...`` models."""
+        return f"{self.url}/v1"
+
+    @property
+    def ollama_base(self) -> str:
+        """``api_base`` for ``ollama_chat/...`` models."""
+        return self.url
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, port: int = 0) -> LLMTestServer:
+        server = cls()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", server._openai_chat)
+        app.router.add_get("/v1/models", server._openai_models)
+        app.router.add_post("/api/chat", server._ollama_chat)
+        app.router.add_get("/api/tags", server._ollama_tags)
+        # handler_cancellation: a client that goes away cancels the handler at once,
+        # which is how the server notices (and records) the close promptly.
+        server.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await server.runner.setup()
+        site = web.TCPSite(server.runner, "127.0.0.1", port or free_port())
+        await site.start()
+        server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return server
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    # --- the protocols --------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> tuple[RecordedRequest, Script]:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = {}
+        rec = RecordedRequest(request.path, body, time.perf_counter())
+        self.requests.append(rec)
+        return rec, self._next_script()
+
+    async def _play(
+        self, script: Script, rec: RecordedRequest, resp: web.StreamResponse,
+        encode: Any, finish: Any,
+    ) -> None:
+        """Send the scripted tokens through ``encode(token) -> bytes``, then ``finish()``."""
+        if script.first_delay_s:
+            await asyncio.sleep(script.first_delay_s)
+        for i, token in enumerate(script.tokens):
+            if script.garbage_at == i:
+                await resp.write(script.garbage.encode())
+            if script.hang_after is not None and i >= script.hang_after:
+                await asyncio.Event().wait()  # until the client gives up
+            if script.drop_after is not None and i >= script.drop_after:
+                assert resp._req is not None  # type: ignore[attr-defined]
+                transport = resp._req.transport  # type: ignore[attr-defined]
+                if transport is not None:
+                    transport.abort()
+                return
+            if i and script.delay_s:
+                await asyncio.sleep(script.delay_s)
+            await resp.write(encode(token))
+        await resp.write(finish())
+        rec.completed = True
+
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
+        rec, script = await self._record(request)
+        try:
+            if script.headers_delay_s:
+                await asyncio.sleep(script.headers_delay_s)
+            if script.status != 200:
+                return web.json_response(
+                    {"error": {"message": script.error_message, "type": "server_error",
+                               "code": script.status}}, status=script.status)
+            model = rec.body.get("model", "test-model")
+            if not rec.body.get("stream"):
+                text = "".join(script.tokens)
+                rec.completed = True
+                return web.json_response(_openai_completion(model, text, rec.body))
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            want_usage = bool((rec.body.get("stream_options") or {}).get("include_usage"))
+
+            def encode(token: str) -> bytes:
+                return _sse(_openai_chunk(model, {"content": token}, None))
+
+            def finish() -> bytes:
+                out = _sse(_openai_chunk(model, {}, script.finish_reason))
+                if want_usage and script.usage:
+                    chunk = _openai_chunk(model, None, None)
+                    chunk["usage"] = _usage(rec.body, script.tokens)
+                    out += _sse(chunk)
+                return out + b"data: [DONE]\n\n"
+
+            await self._play(script, rec, resp, encode, finish)
+            await resp.write_eof()
+            return resp
+        finally:
+            rec.mark_closed()
+
+    async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        rec, script = await self._record(request)
+        try:
+            if script.headers_delay_s:
+                await asyncio.sleep(script.headers_delay_s)
+            if script.status != 200:
+                return web.json_response({"error": script.error_message}, status=script.status)
+            model = rec.body.get("model", "test-model")
+            if rec.body.get("stream") is False:
+                rec.completed = True
+                return web.json_response(_ollama_chunk(model, "".join(script.tokens), True,
+                                                       rec.body, script))
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+
+            def encode(token: str) -> bytes:
+                return _ndjson(_ollama_chunk(model, token, False, rec.body, script))
+
+            def finish() -> bytes:
+                return _ndjson(_ollama_chunk(model, "", True, rec.body, script))
+
+            await self._play(script, rec, resp, encode, finish)
+            await resp.write_eof()
+            return resp
+        finally:
+            rec.mark_closed()
+
+    async def _openai_models(self, request: web.Request) -> web.Response:
+        if self.listing_status != 200:
+            return web.json_response({"error": "sick"}, status=self.listing_status)
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]})
+
+    async def _ollama_tags(self, request: web.Request) -> web.Response:
+        if self.listing_status != 200:
+            return web.json_response({"error": "sick"}, status=self.listing_status)
+        return web.json_response({"models": [
+            {"name": f"{m}:latest", "model": f"{m}:latest", "size": 1000 + i,
+             "modified_at": "2025-01-01T00:00:00Z"} for i, m in enumerate(self.models)]})
+
+
+# --- wire encoding ----------------------------------------------------------------------------
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _openai_chunk(model: str, delta: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
+    choices = [] if delta is None else [
+        {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    return {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0,
+            "model": model, "choices": choices}
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+
+
+def _usage(body: dict[str, Any], tokens: list[str]) -> dict[str, int]:
+    p = _prompt_tokens(body)
+    return {"prompt_tokens": p, "completion_tokens": len(tokens), "total_tokens": p + len(tokens)}
+
+
+def _openai_completion(model: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": _usage(body, [text])}
+
+
+def _ollama_chunk(model: str, text: str, done: bool, body: dict[str, Any],
+                  script: Script) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"model": model, "created_at": "2025-01-01T00:00:00Z",
+                             "message": {"role": "assistant", "content": text}, "done": done}
+    if done:
+        chunk["done_reason"] = script.finish_reason
+        if script.usage:
+            chunk["prompt_eval_count"] = _prompt_tokens(body)
+            chunk["eval_count"] = len(script.tokens)
+    return chunk
+
+
+@pytest_asyncio.fixture
+async def llm_server() -> AsyncIterator[LLMTestServer]:
+    """A running scripted LLM server, closed after the test."""
+    server = await LLMTestServer.start()
+    try:
+        yield server
+    finally:
+        await server.close()
