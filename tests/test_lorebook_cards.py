@@ -271,3 +271,23 @@ async def test_stage_scans_the_greeting_and_respects_scan_depth() -> None:
                          {"role": "assistant", "content": "yes"}])
     await stage.inject(turn)
     assert turn.lore == []
+
+
+def test_compiled_cache_is_bounded() -> None:
+    from companion_engine.lorebook import LoreCache
+
+    cache = LoreCache(size=3, max_entries=5)
+    books = [from_object({"entries": [entry("k", id=i) for i in range(n)]}, f"b{n}")
+             for n in (1, 2, 3, 4)]
+    for book in books:
+        cache.put((book,), "s", compile_lore([Source(book)], CompileSettings()))
+    # 4 + 3 entries > 5: only the newest is kept
+    assert len(cache) == 1 and cache.get((books[3],), "s") is not None
+    assert cache.get((books[0],), "s") is None
+    small = LoreCache(size=2)
+    for book in books:
+        small.put((book,), "s", compile_lore([Source(book)], CompileSettings()))
+    assert len(small) == 2
+    # an equal-looking but different object never hits
+    twin = from_object({"entries": [entry("k", id=i) for i in range(4)]}, "b4")
+    assert small.get((twin,), "s") is None

@@ -16,11 +16,14 @@ from typing import Any
 from companion_engine.lorebook.compile import CompiledLore
 
 DEFAULT_SIZE = 16
+#: Entries kept compiled at most, summed over cached items (~3 KB each); the newest stays.
+MAX_ENTRIES = 50_000
 
 
 class LoreCache:
-    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, size: int = DEFAULT_SIZE, max_entries: int = MAX_ENTRIES) -> None:
         self.size = size
+        self.max_entries = max_entries
         self._items: OrderedDict[Hashable, tuple[tuple[Any, ...], CompiledLore]] = OrderedDict()
         self._lock = threading.Lock()
         self.compiles = 0
@@ -43,7 +46,9 @@ class LoreCache:
             self.compiles += 1
             self._items[self.key(books, settings)] = (books, lore)
             self._items.move_to_end(self.key(books, settings))
-            while len(self._items) > self.size:
+            while len(self._items) > 1 and (
+                    len(self._items) > self.size
+                    or sum(len(v[1].entries) for v in self._items.values()) > self.max_entries):
                 self._items.popitem(last=False)
 
     def __len__(self) -> int:
