@@ -76,11 +76,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def characters_ctx(app: web.Application) -> AsyncIterator[None]:
-    try:  # INTEGRATION: remove once cards.store lands
-        from companion_engine.cards.store import CharacterStore
-    except ImportError:
-        yield
-        return
+    from companion_engine.cards.store import CharacterStore
+
     engine = app[ENGINE]
     engine.characters = CharacterStore(
         engine.config.path("characters"), engine.store, default_id=engine.profile.character
@@ -91,11 +88,8 @@ async def characters_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     """The LLM gateway; LiteLLM's slow import starts in the background, off start-up."""
-    try:  # INTEGRATION: remove once llm lands
-        from companion_engine.llm import LLMGateway, start_background_import
-    except ImportError:
-        yield
-        return
+    from companion_engine.llm import LLMGateway, start_background_import
+
     engine = app[ENGINE]
     start_background_import()
     engine.llm = LLMGateway(engine)
