@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
+from companion_engine.chat.request import CHARACTER_ID, CONVERSATION_ID, MODEL_NAME
 from companion_engine.config import AppConfig
 from companion_engine.configload import load_config
 from companion_engine.errors import ConfigError
@@ -158,6 +160,26 @@ def test_json_depth() -> None:
         deep = [deep]
     assert json_depth(deep) == 5001
     assert json_depth(json.loads("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)) == MAX_JSON_DEPTH
+
+
+# --- ids and model names --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ollama_chat/llama3.2", "openai/gpt-4o-mini", "gpt-4o",
+                                  "hosted_vllm/meta-llama/Llama-3.1-8B", "ollama/qwen2.5:7b"])
+def test_model_names_accepted(name: str) -> None:
+    assert MODEL_NAME.match(name)
+
+
+@pytest.mark.parametrize("name", ["openai/../../etc", "openai/./x", "a//b", "openai/gpt\n",
+                                  "openai/..", "bad model", "/x", "..", "", "a" * 201])
+def test_model_names_refused(name: str) -> None:
+    assert not MODEL_NAME.match(name)
+
+
+@pytest.mark.parametrize("pattern", [CHARACTER_ID, CONVERSATION_ID])
+def test_ids_refuse_a_trailing_newline(pattern: re.Pattern[str]) -> None:
+    assert pattern.match("abc") and not pattern.match("abc\n")
 
 
 # --- config ----------------------------------------------------------------------------------

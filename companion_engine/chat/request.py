@@ -7,9 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CHARACTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9/_.:@+-]{0,199}$")
+CHARACTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+#: provider/model: no empty, "." or ".." segment (some providers put the model in a URL
+#: path), and ``\Z`` so ``match`` cannot accept a trailing newline.
+MODEL_NAME = re.compile(r"^(?!.*//)(?!(?:.*/)?\.\.?(?:/|\Z))[A-Za-z0-9][A-Za-z0-9/_.:@+-]{0,199}\Z")
 MAX_MESSAGES = 500
 MAX_CONTENT_CHARS = 32_000
 
