@@ -21,8 +21,14 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from aiohttp.test_utils import TestClient  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from companion_engine.config import AppConfig  # noqa: E402
+
+# Wall-clock deadlines make property tests flaky on a loaded 2-core machine; what matters
+# is the property, and speed is measured by the benchmarks.
+settings.register_profile("companion", deadline=None, print_blob=True)
+settings.load_profile("companion")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -77,8 +83,8 @@ def make_client(
     """Start the real app for a config (or for ``make_config(**kwargs)``) and return a client."""
     from companion_engine.app import create_app
 
-    async def make(config: AppConfig | None = None, **kwargs: Any) -> TestClient:
-        cfg = config if config is not None else make_config(**kwargs)
+    async def make(app_config: AppConfig | None = None, /, **kwargs: Any) -> TestClient:
+        cfg = app_config if app_config is not None else make_config(**kwargs)
         return await aiohttp_client(create_app(cfg))
 
     return make

@@ -372,13 +372,17 @@ def test_hookimpl_with_unknown_argument_is_rejected(tmp_path: Path) -> None:
     assert "app" in host.errors[0].error
 
 
+async def _ok(request: web.Request) -> web.Response:
+    return web.Response()
+
+
 async def test_route_defs_must_be_collected_before_start() -> None:
     """register_routes results go into the router before it freezes."""
     app = web.Application()
-    app.router.add_get("/", lambda r: web.Response())
+    app.router.add_get("/", _ok)
     app.freeze()
     with pytest.raises(RuntimeError):
-        app.router.add_get("/late", lambda r: web.Response())
+        app.router.add_get("/late", _ok)
 
 
 def test_hookimpl_is_exported() -> None:
@@ -414,3 +418,50 @@ async def test_hook_config_reloaded(make_client, make_config) -> None:  # type: 
     seen = sys.modules["companion_local_plugins.watcher"].SEEN
     assert seen and seen[-1][1] == "Reloaded"
     assert seen[-1][0] >= 2
+
+
+TURN_PLUGIN = """
+from companion_engine import hookimpl
+
+TURNS = []
+
+@hookimpl
+async def turn_completed(engine, turn):
+    result = turn.stash["result"]
+    TURNS.append((turn.user_message, result.status, result.content))
+
+@hookimpl
+def startup(engine):
+    pass
+"""
+
+FAILING_TURN_PLUGIN = """
+from companion_engine import hookimpl
+
+@hookimpl
+def turn_completed(engine, turn):
+    raise RuntimeError("observer broke")
+"""
+
+
+async def test_hook_turn_completed(make_client, make_config) -> None:  # type: ignore[no-untyped-def]
+    from tests.llmserver import LLMTestServer, Script
+
+    server = await LLMTestServer.start()
+    try:
+        config = make_config(profile={"llm": {"model": "openai/test",
+                                              "api_base": server.openai_base}})
+        write_plugin(config.path("plugins"), "observer", TURN_PLUGIN)
+        write_plugin(config.path("plugins"), "aobserver", FAILING_TURN_PLUGIN)
+        client = await make_client(config)
+        server.push(Script(tokens=["Hi", " there", "."]))
+        resp = await client.post("/api/chat", json={"message": "hello"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["content"] == "Hi there."
+        turns = sys.modules["companion_local_plugins.observer"].TURNS
+        assert turns == [("hello", "complete", "Hi there.")]
+        listing = await (await client.get("/-/plugins")).json()
+        assert any(e["plugin"] == "aobserver" and "observer broke" in e["error"]
+                   for e in listing["errors"])
+    finally:
+        await server.close()
