@@ -312,15 +312,17 @@ class RoleLeakGuard:
         self._markers = tuple(m.lower() for m in markers if m)
         self._marker_re = (re.compile("|".join(re.escape(m) for m in markers if m),
                                       re.IGNORECASE) if self._markers else None)
-        self._first = {m[0] for m in markers if m} | {m[0].upper() for m in markers if m}
+        starts = {m[0] for m in markers if m} | {m[0].upper() for m in markers if m} | {"\n"}
+        #: A piece without any of these (mid-line) passes untouched.
+        self._risky = re.compile(f"[{re.escape(''.join(sorted(starts)))}]")
         self._hold = ""
         #: True while inside a line already known not to be a label.
         self._in_line = False
         self.stopped = False
 
     def feed(self, text: str) -> str:
-        if (self._in_line and not self._hold and "\n" not in text
-                and not text[-1:].isspace() and not any(c in text for c in self._first)):
+        if (self._in_line and not self._hold and not text[-1:].isspace()
+                and not self._risky.search(text)):
             return text  # mid-line, nothing that could start a marker
         data, self._hold = self._hold + text, ""
         marker = self._marker_re.search(data) if self._marker_re is not None else None
