@@ -14,16 +14,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # Third-party plugins installed in the test environment must not change results.
 os.environ.setdefault("COMPANION_LOAD_PLUGINS", "")
 
-from collections.abc import Awaitable, Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from aiohttp.test_utils import TestClient  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient
+from hypothesis import settings
 
-from companion_engine.config import AppConfig  # noqa: E402
+from companion_engine.config import AppConfig
 
 # Wall-clock deadlines make property tests flaky on a loaded 2-core machine; what matters
 # is the property, and speed is measured by the benchmarks.
@@ -31,7 +31,9 @@ settings.register_profile("companion", deadline=None, print_blob=True)
 settings.load_profile("companion")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+#: The team's shared folder sits beside the repository (CI lays it there too);
+#: COMPANION_SHARED_DIR points elsewhere when it does not.
+SHARED = Path(os.environ.get("COMPANION_SHARED_DIR", REPO.parent / "shared"))
 CARDS = SHARED / "research" / "cards"
 
 #: A profile that needs nothing outside the test: no LLM reachable, text-only speech.

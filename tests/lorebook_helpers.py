@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 from companion_engine.cards.formats import card_from_object
@@ -23,8 +22,7 @@ from companion_engine.lorebook import (
 from companion_engine.pipeline import Pipeline
 from companion_engine.plugins import PluginHost
 from companion_engine.tokens import estimate_tokens
-
-CARDS = Path(__file__).resolve().parents[2] / "shared" / "research" / "cards"
+from tests.conftest import CARDS
 
 
 def card(filename: str) -> Character:
