@@ -1,9 +1,18 @@
-"""SQLite store (the embedded default): WAL mode, one transaction per write."""
+"""SQLite store (the embedded default): WAL mode, one transaction per write.
+
+All turns share one connection, so write transactions are serialised by a lock
+(interleaved, one turn's ``commit`` or ``rollback`` would take another's
+half-done writes with it), and each runs as its own task shielded from the
+caller's cancellation: a client that disconnects mid-write never leaves the
+connection inside an open transaction.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,26 @@ def sqlite_path(url: str, base_dir: Path) -> Path | str:
 class SQLiteStore(Store):
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._write_lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def _transaction(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work`` then commit (rollback on error), alone, to the end even if cancelled."""
+
+        async def run() -> Any:
+            async with self._write_lock:
+                try:
+                    result = await work()
+                    await self.db.commit()
+                    return result
+                except BaseException:
+                    await self.db.rollback()
+                    raise
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
 
     @classmethod
     async def open(cls, url: str, base_dir: Path) -> SQLiteStore:
@@ -58,21 +87,24 @@ class SQLiteStore(Store):
         return json.loads(row[0]) if row else None
 
     async def set_setting(self, key: str, value: Any) -> None:
-        if value is None:
-            await self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
-        else:
-            await self.db.execute(
-                "INSERT INTO settings(key, value) VALUES(?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
-        await self.db.commit()
+        async def work() -> None:
+            if value is None:
+                await self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                await self.db.execute(
+                    "INSERT INTO settings(key, value) VALUES(?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, json.dumps(value)),
+                )
+
+        await self._transaction(work)
 
     async def append_messages(
         self, conversation_id: str, messages: list[StoredMessage], *, character_id: str | None
     ) -> None:
         now = time.time()
-        try:
+
+        async def work() -> None:
             await self.db.execute(
                 "INSERT INTO conversations(id, character_id, created_at, updated_at) "
                 "VALUES(?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -87,10 +119,8 @@ class SQLiteStore(Store):
                     for m in messages
                 ],
             )
-            await self.db.commit()
-        except BaseException:
-            await self.db.rollback()
-            raise
+
+        await self._transaction(work)
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         async with self.db.execute(
@@ -111,9 +141,14 @@ class SQLiteStore(Store):
         return Conversation(conversation_id, head[0], head[1], head[2], msgs)
 
     async def delete_conversation(self, conversation_id: str) -> bool:
-        cur = await self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-        await self.db.commit()
-        return (cur.rowcount or 0) > 0
+        async def work() -> bool:
+            cur = await self.db.execute("DELETE FROM conversations WHERE id = ?",
+                                        (conversation_id,))
+            return (cur.rowcount or 0) > 0
+
+        return bool(await self._transaction(work))
 
     async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         await self.db.close()
