@@ -23,10 +23,17 @@ routes = ApiRoutes()
 ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
                 "stage_error": 500, "bad_request": 400}
 
+#: OpenAPI 3.1: ``schema`` of ``text/event-stream`` describes one event.
 SSE_DOC = {"text/event-stream": {"schema": {
-    "type": "string",
+    "type": "object",
     "description": "Events provider_connected, content, audio_ready, audio_error, done or "
-                   "error; each `event: NAME` + `data: <one-line JSON>`. See docs/chat.md."}}}
+                   "error; each `event: NAME` + `data: <one-line JSON>`. See docs/chat.md.",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["provider_connected", "content", "audio_ready",
+                                             "audio_error", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    }}}}
 
 
 class ChatReply(BaseModel):
