@@ -289,9 +289,11 @@ def _too_large(cap: int) -> ApiError:
 
 async def _run_capped(request: web.Request, handler: Handler, cap: int) -> web.StreamResponse:
     """Run ``handler`` with the body limited to ``cap`` bytes (declared or streamed)."""
-    if request.content_length is not None and request.content_length > cap:
-        raise _too_large(cap)
-    if request.can_read_body and cap != request.client_max_size:
+    if request.content_length is not None:
+        if request.content_length > cap:
+            raise _too_large(cap)
+    elif request.can_read_body and cap != request.client_max_size:
+        # Chunked: the size is only known while reading, so reading must stop at the cap.
         request = request.clone(client_max_size=cap)
     try:
         return await handler(request)
