@@ -78,6 +78,17 @@ async def test_list_keeps_original_fields(client: TestClient) -> None:
     assert sera["created_at"] and sera["updated_at"]
 
 
+async def test_hand_placed_cards_are_dated_by_their_file(client: TestClient,
+                                                         config: AppConfig) -> None:
+    from datetime import datetime
+
+    body = await ok(await client.get("/api/characters"))
+    aria = next(c for c in body["data"] if c["id"] == "aria")
+    mtime = (folder(config) / "aria.yaml").stat().st_mtime
+    assert abs(datetime.fromisoformat(aria["updated_at"]).timestamp() - mtime) < 1
+    assert abs(datetime.fromisoformat(aria["created_at"]).timestamp() - mtime) < 1
+
+
 async def test_get_returns_detail_and_has_no_side_effects(client: TestClient,
                                                           config: AppConfig) -> None:
     body = await ok(await client.get("/api/characters/seraphina"))

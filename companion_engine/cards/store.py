@@ -270,7 +270,10 @@ def _scan(directory: Path, known: dict[str, Signature]) -> dict[str, tuple[Signa
         if known.get(entry.name) == sig:
             out[entry.name] = (sig, None)
             continue
-        out[entry.name] = (sig, _read(path, container, display, st.st_size))
+        result = _read(path, container, display, st.st_size)
+        if isinstance(result, CardFile):
+            result.signature = sig
+        out[entry.name] = (sig, result)
     return out
 
 
