@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
+from companion_engine.cli import is_loopback
 from companion_engine.config import AppConfig
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE, GUARD
@@ -245,7 +246,13 @@ def key_matches(given: str, expected: str) -> bool:
 
 def _check_key(request: web.Request, config: AppConfig, guard: Guard, client: str) -> None:
     expected = config.server.api_key
-    if not expected or is_open(request.path):
+    if is_open(request.path):
+        return
+    if not expected:
+        if not is_loopback(config.server.host):
+            # The bind cannot change on reload, the key can: fail closed, never open.
+            raise ApiError(503, "server.api_key was removed while the server listens on "
+                                f"{config.server.host}; restore it (or restart on 127.0.0.1)")
         return
     given = bearer_token(request)
     if given is not None and key_matches(given, expected):

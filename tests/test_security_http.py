@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
+from companion_engine.keys import ENGINE
 from companion_engine.openapi import MAX_JSON_DEPTH
 from companion_engine.routes.system import DOCS_HTML
 from companion_engine.security import API_CSP, DOCS_CSP, SECURITY_HEADERS
@@ -375,3 +376,36 @@ async def test_upload_over_the_file_cap_is_413(start) -> None:  # type: ignore[n
                              headers={"Content-Type": ctype})
     assert resp.status == 413
     assert (await client.get("/api/characters")).status == 200
+
+
+# --- hot reload never opens the API ----------------------------------------------------------
+
+
+async def test_security_settings_follow_a_reload_and_a_dropped_key_fails_closed(start) -> None:  # type: ignore[no-untyped-def]
+    """Bound to the network with a key, a reload that removes the key must not open the API."""
+    import yaml
+
+    client = await start(config={"server": {"host": "0.0.0.0", "api_key": KEY},
+                                 "rate_limit": {"requests": 50, "window_s": 60}})
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert (await client.get("/api/status", headers=auth)).status == 200
+    engine = client.app[ENGINE]
+    source = engine.config.source
+    data = yaml.safe_load(source.read_text())
+    data["server"]["api_key"] = None
+    data["rate_limit"]["requests"] = 1
+    source.write_text(yaml.safe_dump(data))
+    assert (await client.post("/-/reload", headers=auth)).status == 200
+    assert engine.config.server.api_key is None  # the reload applied...
+    for headers in ({}, auth):
+        resp = await client.get("/api/status", headers=headers)
+        await assert_error(resp, 503, "api_key was removed")  # ...and the API stays shut
+    assert (await client.get("/health")).status == 200
+    data["server"]["api_key"] = KEY
+    source.write_text(yaml.safe_dump(data))
+    await engine.reloader.reload(reason="test")
+    assert (await client.get("/api/status", headers=auth)).status == 200
+    # The new rate limit applies live too: one costly request, then 429.
+    statuses = [(await client.post("/api/chat", data=b"{", headers=auth)).status
+                for _ in range(2)]
+    assert statuses == [400, 429]
