@@ -146,7 +146,7 @@ class AppConfig(ConfigModel):
     source: Path | None = Field(default=None, exclude=True)
 
     def path(self, name: str) -> Path:
-        """An absolute path from ``paths:`` (``profiles``, ``characters``, ``plugins``, ``data``)."""
+        """An absolute path from ``paths:`` (profiles, characters, plugins or data)."""
         p = Path(getattr(self.paths, name))
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 

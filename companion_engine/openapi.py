@@ -137,7 +137,8 @@ async def read_json(request: web.Request) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ApiError(400, f"malformed JSON: {exc.msg} at {where}") from None
     except RecursionError:
         raise ApiError(400, "JSON nested too deeply") from None
 
@@ -211,7 +212,8 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
             op["parameters"] = params
         content: dict[str, Any] = {}
         if doc.body is not None:
-            content["application/json"] = {"schema": _schema_ref(doc.body, components, "validation")}
+            schema = _schema_ref(doc.body, components, "validation")
+            content["application/json"] = {"schema": schema}
         content.update(doc.body_content)
         if content:
             op["requestBody"] = {"required": True, "content": content}

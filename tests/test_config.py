@@ -221,7 +221,8 @@ def test_redact_hides_secrets() -> None:
     assert "topsecret" not in str(shown) and "pw" not in shown["store"]["url"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=300))
 def test_any_text_is_loaded_or_rejected_with_a_located_error(tmp_path: Path, text: str) -> None:
     """Hypothesis: arbitrary file content never crashes the loader."""

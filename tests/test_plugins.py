@@ -208,7 +208,8 @@ def test_pipeline_errors_list_known_names_and_bad_options(tmp_path: Path) -> Non
         build_pipeline(profile, host)
     text = str(err.value)
     assert "prompt[0].t_greeter.txt: unknown option (options of t_greeter: text)" in text
-    assert "prompt[1]: unknown stage 't_greter' (did you mean 't_greeter'?); known: t_greeter, t_lore" in text
+    assert ("prompt[1]: unknown stage 't_greter' (did you mean 't_greeter'?); "
+            "known: t_greeter, t_lore") in text
     assert "speech.tts.t_silent.voice: unknown option" in text
 
 

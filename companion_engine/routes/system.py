@@ -134,8 +134,8 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
-@routes.get("/api/status", response=Status, summary="Legacy status (the original frontend polls it)",
-            tags=["service"], errors=())
+@routes.get("/api/status", response=Status, tags=["service"], errors=(),
+            summary="Legacy status (the original frontend polls it)")
 async def api_status(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     llm = engine.profile.llm
@@ -169,8 +169,8 @@ async def config_view(request: web.Request) -> web.Response:
     })
 
 
-@routes.post("/-/reload", response=ReloadResult, summary="Reload config, profile and characters now",
-             tags=["introspection"], errors=(401, 422))
+@routes.post("/-/reload", response=ReloadResult, tags=["introspection"], errors=(401, 422),
+             summary="Reload config, profile and characters now")
 async def reload_now(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if engine.reloader is None:

@@ -1,4 +1,7 @@
-"""Persistent state: conversations and small settings (SQLite by default, Redis for several instances)."""
+"""Persistent state: conversations and small settings.
+
+SQLite by default; Redis when several instances share one state.
+"""
 
 from __future__ import annotations
 
