@@ -179,7 +179,9 @@ async def _serve(config: Any) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate without serving; asyncio only for the character store's loader."""
     from companion_engine.checks import run_checks
+    from companion_engine.logs import setup_logging
 
+    setup_logging("CRITICAL")  # every problem is printed below, once, as file:line
     problems, summary = asyncio.run(run_checks(_config_path(args.config)))
     if problems:
         _print_problems(problems)
@@ -195,8 +197,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from companion_engine.configload import load_config
+    from companion_engine.logs import setup_logging
     from companion_engine.plugins import PluginHost
 
+    setup_logging("CRITICAL")  # failures are part of the listing
     config = load_config(_config_path(args.config))
     host = PluginHost.load(config.path("plugins"))
     listing = host.listing(include_builtin=args.all or args.json)
