@@ -118,8 +118,12 @@ def test_sanitize_html_unclosed_script_drops_the_rest() -> None:
     assert run(SanitizeHTML(), ["ok <script>", "while(1){}"]) == "ok "
 
 
-def test_sanitize_html_stray_angle_bracket_is_text_at_the_end() -> None:
-    assert run(SanitizeHTML(), ["x <y and z"]) == "x <y and z"
+def test_sanitize_html_tag_like_text_that_is_no_tag_cannot_become_one() -> None:
+    assert run(SanitizeHTML(), ["x <y and z"]) == "x &lt;y and z"
+    assert run(SanitizeHTML(), ["<scr</script>ipt>alert(1)"]) == "&lt;script>alert(1)"
+    filler = "a" * 1100
+    out = run(SanitizeHTML(), [f"<img src=x {filler} on</b>error=alert(1)>"])
+    assert out.startswith("&lt;img") and "<img" not in out
 
 
 _HTML_TOKENS = ["<script>", "</script>", "<scr", "ipt>", "<img src=x onerror=alert(1)>",

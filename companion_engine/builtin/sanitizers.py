@@ -150,6 +150,10 @@ DROP_WITH_CONTENT = frozenset({"script", "style", "iframe", "object", "applet", 
 DROP_TAG = frozenset({"embed", "link", "meta", "base", "frame"})
 #: Longest tag we wait for; a ``<`` with no ``>`` within this is just text.
 MAX_TAG = 1024
+#: How a ``<`` that starts like a tag (``<x``, ``</``) but is not one goes out. Left as
+#: ``<``, a removal could join it to what follows into live markup
+#: (``<scr</script>ipt>`` -> ``<script>``), so only this ambiguous case is escaped.
+LT = "&lt;"
 
 _TAG_START = re.compile(r"</?[A-Za-z]")
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9:-]*)")
@@ -207,6 +211,8 @@ def _tag_end(data: str, start: int) -> int:
                 if close == -1:
                     return -1
                 i = close
+            else:
+                continue  # an unquoted value: look at its first character as usual
         i += 1
     return -1
 
@@ -253,7 +259,7 @@ class HTMLSanitizer:
                 if end == -1 and n - lt < MAX_TAG:
                     self._hold = data[lt:]  # the tag is still arriving
                     break
-                out.append("<")
+                out.append(LT)  # see LT: text around a removal must not become a tag
                 pos = lt + 1
                 continue
             out.append(self._tag(data[lt:end]))
@@ -276,7 +282,11 @@ class HTMLSanitizer:
     def finish(self) -> str:
         """A dropped element left open is dropped; a held fragment was text after all."""
         held, self._hold = self._hold, ""
-        return "" if self._skip_to is not None else held
+        if self._skip_to is not None:
+            return ""
+        if _TAG_START.match(held):  # never closed: not a tag, but its text may hold markup
+            return LT + self.feed(held[1:]) + self.finish()
+        return held
 
 
 class SanitizeHTML(Sanitizer):
