@@ -61,6 +61,8 @@ class Engine:
         #: Model chosen with /api/models/switch; None means the profile's llm.model.
         self.model_override: str | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Small per-engine caches and plugin state, keyed by owner name.
+        self.stash: dict[str, Any] = {}
 
     # --- the current pipeline -------------------------------------------------------------
 

@@ -270,11 +270,6 @@ async def validate_model(model: str) -> str:
 # --- one streamed completion ------------------------------------------------------------------
 
 
-def estimate_tokens(text: str) -> int:
-    """A rough count (4 characters a token) for when the provider reports no usage."""
-    return max(1, (len(text) + 3) // 4) if text else 0
-
-
 @dataclass
 class LLMStream:
     """One streaming completion: ``open()`` it, iterate ``deltas()``, always ``aclose()``.

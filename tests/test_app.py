@@ -167,3 +167,18 @@ def test_app_factory_rejects_a_bad_profile(make_config, tmp_path: Path) -> None:
     config = make_config(profile={"output": ["no_such_sanitizer"]})
     with pytest.raises(ConfigError, match="unknown stage 'no_such_sanitizer'"):
         create_app(config)
+
+
+async def test_health_sees_a_reachable_provider(make_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.llmserver import LLMTestServer
+
+    server = await LLMTestServer.start()
+    try:
+        for model, base in (("openai/test", server.openai_base),
+                            ("ollama_chat/llama3.2", server.ollama_base)):
+            client = await make_client(profile={"llm": {"model": model, "api_base": base}})
+            body = await (await client.get("/health")).json()
+            assert body["llm"] == {"provider": model, "connected": True, "type": "local"}
+            await client.close()
+    finally:
+        await server.close()

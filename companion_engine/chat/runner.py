@@ -33,10 +33,11 @@ from loguru import logger
 from companion_engine.builtin.sanitizers import FINISH_REASON
 from companion_engine.chat.sse import ClientGone, SSEWriter, timestamp
 from companion_engine.errors import ApiError
-from companion_engine.llm import LLMError, LLMStream, estimate_tokens
+from companion_engine.llm import LLMError, LLMStream
 from companion_engine.prompting import assemble_prompt
 from companion_engine.stages import Stage
 from companion_engine.store import StoredMessage
+from companion_engine.tokens import estimate_tokens
 
 if TYPE_CHECKING:
     from companion_engine.engine import Engine

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
@@ -84,50 +83,31 @@ async def root(request: web.Request) -> web.Response:
 
 # --- provider reachability (cached: /health must stay fast) -----------------------------------
 
-LOCAL_PROVIDERS = {"ollama", "ollama_chat", "lmstudio", "lm_studio", "hosted_vllm", "llamafile",
-                   "openai_like"}
-_health_cache: dict[str, tuple[float, bool]] = {}
 HEALTH_TTL_S = 5.0
 
 
-def provider_of(model: str) -> str:
-    return model.split("/", 1)[0] if "/" in model else "openai"
-
-
-async def provider_reachable(engine: Engine) -> tuple[bool, str]:
-    """Is the active provider answering? Local servers are pinged, cloud ones need a key."""
-    llm = engine.profile.llm
-    provider = provider_of(engine.active_model)
-    kind = "local" if provider in LOCAL_PROVIDERS or llm.api_base else "cloud"
-    base = llm.api_base or ("http://localhost:11434" if provider.startswith("ollama") else None)
-    if base is None:
-        return bool(llm.api_key), kind
-    base = base.rstrip("/")
-    probe = f"{base}/api/tags" if provider.startswith("ollama") else (
-        f"{base}/models" if base.endswith("/v1") else f"{base}/v1/models")
-    cached = _health_cache.get(probe)
-    if cached and time.monotonic() - cached[0] < HEALTH_TTL_S:
-        return cached[1], kind
-    try:
-        async with engine.http.get(probe, timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
-            ok = resp.status < 500
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        ok = False
-    _health_cache[probe] = (time.monotonic(), ok)
-    return ok, kind
+async def provider_health(engine: Engine) -> dict[str, Any]:
+    """``{provider, connected, type}`` of the active model, probed at most every 5 s."""
+    target = engine.llm.target()
+    cache = engine.stash.setdefault("health_probe", {})
+    hit = cache.get(target.model)
+    if hit is None or time.monotonic() - hit[0] > HEALTH_TTL_S:
+        status = await engine.llm.probe_model(target.model)
+        connected = bool(status and status.connected)
+        hit = cache[target.model] = (time.monotonic(), connected)
+    return {"provider": engine.active_model, "connected": hit[1], "type": target.type}
 
 
 @routes.get("/health", response=Health, summary="Health, LLM reachability and reload status",
             tags=["service"], errors=())
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    connected, kind = await provider_reachable(engine)
     tts = engine.pipeline.tts
     status = engine.reload_status
     return json_response({
         "status": "healthy" if status.last_error is None else "degraded",
         "version": __version__,
-        "llm": {"provider": engine.active_model, "connected": connected, "type": kind},
+        "llm": await provider_health(engine),
         "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled},
         "config": status.as_dict(),
         "timestamp": now_iso(),
@@ -142,11 +122,11 @@ async def api_status(request: web.Request) -> web.Response:
     return json_response({
         "status": "online",
         "active_model": engine.active_model,
-        "active_provider": provider_of(engine.active_model),
+        "active_provider": engine.llm.target().provider,
         "configuration": {"max_tokens": llm.max_tokens, "temperature": llm.temperature,
                           "timeout_ms": int(llm.timeout_s * 1000)},
         "profile": engine.profile.name,
-        "character": engine.characters.active_id if hasattr(engine, "characters") else None,
+        "character": engine.characters.active_id,
         "timestamp": now_iso(),
     })
 
