@@ -32,9 +32,10 @@ from typing import Any
 
 import pluggy
 from loguru import logger
+from pydantic import BaseModel
 
 from companion_engine import hookspecs
-from companion_engine.stages import STAGE_KINDS, Stage, StageOptions
+from companion_engine.stages import STAGE_KINDS, Stage
 
 ENTRY_POINT_GROUP = "companion_engine"
 
@@ -252,7 +253,8 @@ class PluginHost:
                 plugin = impl.plugin_name
                 try:
                     result = impl.function(*[{}.get(a) for a in impl.argnames])
-                    classes = list(result or [])
+                    # A single class is accepted as well as a list of them.
+                    classes = [result] if isinstance(result, type) else list(result or [])
                 except Exception as exc:
                     self._fail(PluginFailure(plugin, "register",
                                              f"{hook_name} raised {type(exc).__name__}: {exc}"),
@@ -335,8 +337,9 @@ def _check_stage_class(cls: Any, base: type[Stage]) -> str | None:
     if not isinstance(name, str) or not name.isidentifier():
         return f"{cls.__name__}.name must be an identifier string, got {name!r}"
     options = getattr(cls, "Options", None)
-    if not (isinstance(options, type) and issubclass(options, StageOptions)):
-        return f"{cls.__name__}.Options must subclass companion_engine.stages.StageOptions"
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        return (f"{cls.__name__}.Options must be a pydantic model "
+                "(subclass companion_engine.stages.StageOptions)")
     return None
 
 

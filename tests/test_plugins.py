@@ -466,3 +466,41 @@ async def test_hook_turn_completed(make_client, make_config) -> None:  # type: i
                    for e in listing["errors"])
     finally:
         await server.close()
+
+
+def test_plain_pydantic_options_and_a_single_class_are_accepted(tmp_path: Path) -> None:
+    """design.md asks for "a nested pydantic Options model": any BaseModel will do."""
+    write_plugin(tmp_path, "plainopts", """
+        from pydantic import BaseModel, ConfigDict
+        from companion_engine import hookimpl
+        from companion_engine.stages import Sanitizer
+
+        class Plain(Sanitizer):
+            name = "plain_opts"
+
+            class Options(BaseModel):
+                model_config = ConfigDict(extra="forbid")
+                level: int = 1
+
+            async def process(self, chunks, turn):
+                async for c in chunks:
+                    yield c
+
+        @hookimpl
+        def register_sanitizers():
+            return Plain
+    """)
+    host = load(tmp_path)
+    assert host.errors == []
+    profile = Profile.model_validate({
+        "output": [{"plain_opts": {"level": 3}}],
+        "speech": {"splitter": "t_whole", "cleaners": [], "tts": "t_silent"},
+        "prompt": [],
+    })
+    write_plugin(tmp_path, "mystages", STAGES_PLUGIN)
+    pipeline = build_pipeline(profile, load(tmp_path))
+    assert pipeline.output[0].options.level == 3
+    bad = profile.model_copy(update={"output": Profile.model_validate(
+        {"output": [{"plain_opts": {"levle": 3}}]}).output})
+    with pytest.raises(ConfigError, match="levle: unknown option"):
+        build_pipeline(bad, load(tmp_path))
