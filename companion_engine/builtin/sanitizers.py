@@ -9,7 +9,10 @@ are, for the display and for speech.
 - ``strip_think`` drops ``<think>...</think>`` reasoning blocks.
 - ``sanitize_html`` drops script/style/iframe/object elements, embed/link/meta
   tags and event-handler or ``javascript:`` attributes; other markup and all
-  text are kept.
+  text are kept. Unless ``remote_images: true``, images that a client would
+  fetch from another server (``<img src="https://...">``, ``![alt](https://...)``)
+  are removed too (markdown ones leave their alt text): a prompt-injected reply
+  could otherwise smuggle conversation text out in an image URL.
 - ``stop_at_role_leak`` ends the reply when the model starts writing the user's
   turn (a line starting ``User:`` or ``<user name>:``, or a chat-template token).
 """
@@ -21,6 +24,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import regex
 from pydantic import Field
 
 from companion_engine import hookimpl
@@ -217,10 +221,31 @@ def _tag_end(data: str, start: int) -> int:
     return -1
 
 
+#: Tags that make a browser fetch a URL by themselves (no click needed).
+FETCHING_TAGS = frozenset({"img", "image", "video", "audio", "source", "track", "picture",
+                           "input", "body", "table", "td", "svg", "use"})
+FETCH_ATTRS = frozenset({"src", "srcset", "poster", "background", "data", "href", "xlink:href",
+                         "lowsrc", "dynsrc"})
+
+
+def is_remote_url(url: str) -> bool:
+    """True for a URL that points at another server (any scheme but ``data:image/``)."""
+    u = _URL_NOISE.sub("", html.unescape(url.strip("\"' <>"))).lower()
+    if u.startswith("data:image/"):
+        return False
+    return bool(re.match(r"[a-z][a-z0-9+.-]*:|//|\\\\", u))
+
+
+def _fetches_remote(tag: str, name_end: int) -> bool:
+    return any(a.group(2).lower() in FETCH_ATTRS and is_remote_url(a.group(3) or "")
+               for a in _ATTR.finditer(tag, name_end))
+
+
 class HTMLSanitizer:
     """Streams text through, removing active markup and keeping everything else verbatim."""
 
-    def __init__(self) -> None:
+    def __init__(self, remote_images: bool = True) -> None:
+        self.remote_images = remote_images
         self._hold = ""
         #: Inside a dropped element: the compiled end-tag pattern we skip to.
         self._skip_to: re.Pattern[str] | None = None
@@ -277,6 +302,9 @@ class HTMLSanitizer:
             return ""
         if name in DROP_TAG:
             return ""
+        if not (closing or self.remote_images) and name in FETCHING_TAGS \
+                and _fetches_remote(tag, m.end()):
+            return ""
         return tag if closing else _clean_tag(tag, m.end())
 
     def finish(self) -> str:
@@ -289,14 +317,119 @@ class HTMLSanitizer:
         return held
 
 
+#: Markdown image parts (CommonMark): alt text with one level of nested brackets, a
+#: destination bare or in ``<...>``, an optional title in quotes or parentheses.
+_ALT = r"((?:[^\[\]\n]|\[[^\[\]\n]{0,256}\]){0,256})"
+_DEST = r"(?:<([^<>\n]{0,2048})>|([^\s()<>]{0,2048}))"
+_TITLE = r"""(?:\s+(?:"[^"\n]{0,256}"|'[^'\n]{0,256}'|\([^()\n]{0,256}\)))?"""
+#: ``regex`` (not ``re``): its partial matching tells whether held text may still match.
+_MD_IMAGE = regex.compile(rf"!\[{_ALT}\]\(\s*{_DEST}{_TITLE}\s*\)")
+#: A link reference definition line, ``[label]: url "title"`` (what ``![x][label]`` loads).
+_MD_DEFINITION = regex.compile(rf"[ ]{{0,3}}\[([^\]\n]{{1,256}})\]:[ \t]*{_DEST}[^\n]*\n")
+#: Longest text held back while it may still become one of the above.
+MAX_MD_HOLD = 2600
+
+
+def _dest(m: regex.Match[str], first: int) -> str:
+    return m.group(first) if m.group(first) is not None else (m.group(first + 1) or "")
+
+
+class MarkdownImageStripper:
+    """Replaces ``![alt](remote-url)`` by ``alt`` and drops remote link definitions.
+
+    Only text that may still become an image or a definition is held back (decided
+    by partial matching, so the result never depends on chunking), and never more
+    than ``MAX_MD_HOLD`` characters.
+    """
+
+    def __init__(self) -> None:
+        self._hold = ""
+        self._line_start = True
+        self.stopped = False
+
+    def feed(self, text: str, final: bool = False) -> str:
+        data, self._hold = self._hold + text, ""
+        if not final and "!" not in data and "[" not in data:
+            if data:
+                self._line_start = data.endswith("\n")
+            return data
+        out: list[str] = []
+        pos, n = 0, len(data)
+        line_start = self._line_start
+        while pos < n:
+            if line_start and data[pos:pos + 4].lstrip(" ").startswith("["):
+                probe = data + "\n" if final and "\n" not in data[pos:] else data
+                m = _MD_DEFINITION.match(probe, pos, partial=not final)
+                if m is not None and not m.partial:
+                    if not is_remote_url(_dest(m, 2)):
+                        out.append(data[pos:min(m.end(), n)])
+                    pos = min(m.end(), n)
+                    continue
+                if m is not None and n - pos < MAX_MD_HOLD:
+                    self._hold = data[pos:]  # a definition line may be arriving
+                    break
+            line_start = False
+            if data[pos] == "!":
+                m = _MD_IMAGE.match(data, pos, partial=not final)
+                if m is not None and not m.partial:
+                    out.append(m.group(1) if is_remote_url(_dest(m, 2)) else m.group(0))
+                    pos = m.end()
+                    continue
+                if m is not None and n - pos < MAX_MD_HOLD:
+                    self._hold = data[pos:]  # may still become an image: wait
+                    break
+            nxt = min((i for i in (data.find("!", pos + 1), data.find("\n", pos) + 1)
+                       if i > pos), default=n)
+            out.append(data[pos:nxt])
+            line_start = data[nxt - 1] == "\n"
+            pos = nxt
+        if not self._hold:
+            self._line_start = line_start
+        return "".join(out)
+
+    def finish(self) -> str:
+        held, self._hold = self._hold, ""
+        return self.feed(held, final=True) if held else ""
+
+
+class ScannerChain:
+    """Several scanners run one after the other as one."""
+
+    def __init__(self, *scanners: Scanner) -> None:
+        self.scanners = scanners
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        for s in self.scanners:
+            text = s.feed(text) if text else text
+        return text
+
+    def finish(self) -> str:
+        text = ""
+        for s in self.scanners:
+            text = (s.feed(text) if text else "") + s.finish()
+        return text
+
+
 class SanitizeHTML(Sanitizer):
     """Remove script/style/iframe and event-handler markup; never escape text."""
 
     name: ClassVar[str] = "sanitize_html"
     description: ClassVar[str] = "remove script, style, iframe and event-handler markup"
 
+    class Options(StageOptions):
+        #: Keep images that load from other servers (``<img src=https://...>``,
+        #: ``![](https://...)``). Off by default: a prompt-injected reply could leak the
+        #: conversation through such a URL the moment a client renders it.
+        remote_images: bool = False
+
+    options: Options
+
     def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
-        return run_scanner(HTMLSanitizer(), chunks)
+        if self.options.remote_images:
+            return run_scanner(HTMLSanitizer(), chunks)
+        return run_scanner(ScannerChain(HTMLSanitizer(remote_images=False),
+                                        MarkdownImageStripper()), chunks)
 
 
 # --- stop_at_role_leak ------------------------------------------------------------------------
