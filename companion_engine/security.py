@@ -80,6 +80,7 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/chat/stream"),
     ("POST", "/api/characters"),
     ("POST", "/api/characters/upload"),
+    ("POST", "/api/tts"),  # synthesis is CPU-heavy
 })
 STREAM_ROUTES = frozenset({("POST", "/api/chat/stream")})
 #: Routes that carry a whole card (JSON or PNG, avatar included): they may use the app's

@@ -242,6 +242,7 @@ async def test_rate_limit_on_costly_routes_with_retry_after(start) -> None:  # t
     # One bucket per client across the costly routes...
     await assert_error(await client.post("/api/chat/stream", data=b"{"), 429, "rate limit")
     await assert_error(await client.post("/api/characters", data=b"{"), 429, "rate limit")
+    await assert_error(await client.post("/api/tts", data=b"{"), 429, "rate limit")
     # ...and cheap routes are not limited.
     for _ in range(10):
         assert (await client.get("/api/status")).status == 200
