@@ -67,8 +67,8 @@ class Sanitizer(Stage):
     """Transforms a text stream: an async generator, str in and str out.
 
     In ``output:`` it sees the reply's streamed pieces. In ``speech.cleaners`` it
-    sees one sentence per item and must yield exactly one string per sentence
-    (an empty string means "say nothing for this sentence").
+    sees one sentence per item; what it yields before asking for the next one is
+    that sentence's speech (nothing: not spoken; several pieces: joined).
     """
 
     kind: ClassVar[str] = "sanitizer"

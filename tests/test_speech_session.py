@@ -132,3 +132,44 @@ async def test_emit_failing_ends_finish_and_cancels_the_rest() -> None:
     with pytest.raises(ConnectionResetError):
         await session.finish()
     assert all(i.task is None or i.task.done() for i in session.items)
+
+
+class SkipParenthesesFilter(Sanitizer):
+    """A third-party cleaner that yields nothing for some sentences (breaks 1:1)."""
+
+    name = "skip_asides"
+
+    async def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
+        async for sentence in chunks:
+            if not sentence.startswith("("):
+                yield sentence
+
+
+class ClauseSplitter(Sanitizer):
+    """A third-party cleaner that yields several pieces for one sentence."""
+
+    name = "clauses"
+
+    async def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
+        async for sentence in chunks:
+            for piece in sentence.split(";"):
+                yield piece.strip()
+
+
+async def test_cleaners_that_skip_or_split_keep_audio_on_its_sentence() -> None:
+    """Speech text is matched to its sentence by when the chain asks for the next one."""
+    pipeline = make_pipeline({"cleaners": [], "concurrency": 2})
+    pipeline.cleaners = [SkipParenthesesFilter(), ClauseSplitter()]
+    rec = Recorder()
+    session = SpeechSession(pipeline, make_turn(pipeline), rec)
+    session.add("First we walk; then we rest.")
+    session.add("(She smiles quietly.)")
+    session.add("The river is near.")
+    await asyncio.sleep(0.01)
+    session.add("(An aside at the end.)")
+    await session.finish()
+    assert rec.indexes() == [0, 2]
+    assert [e["sentence"] for _, e in rec.events] == ["First we walk then we rest.",
+                                                       "The river is near."]
+    assert [e["display"] for _, e in rec.events] == ["First we walk; then we rest.",
+                                                      "The river is near."]

@@ -5,8 +5,9 @@ The chat runner calls ``add(sentence)`` as the splitter yields each sentence
 Behind it, three kinds of task:
 
 - one *cleaner* task feeds the sentences through the profile's
-  ``speech.cleaners`` (stateful async generators, one item per sentence, in
-  order) and schedules synthesis of each cleaned sentence at once;
+  ``speech.cleaners`` (stateful async generators, in order; what they yield
+  before asking for the next sentence is this sentence's speech) and schedules
+  synthesis of each cleaned sentence at once;
 - *synthesis* tasks, at most ``speech.concurrency`` running at a time, so
   sentence n+1 is being made while n is sent;
 - one *sender* task that awaits the syntheses in sentence order and emits.
@@ -119,6 +120,10 @@ class SpeechSession:
         self._ready: asyncio.Queue[SpeechItem | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(pipeline.profile.speech.concurrency)
         self._cleaner: asyncio.Task[None] | None = None
+        #: Pieces the cleaner chain yielded for the sentence it is on (None: none handed out).
+        self._out: list[str] | None = None
+        #: Sentences whose speech text is settled.
+        self._settled = 0
         self._sender: asyncio.Task[None] | None = None
         self._finishing = False
         self._closed = False
@@ -194,39 +199,56 @@ class SpeechSession:
         return task
 
     async def _source(self) -> AsyncIterator[str]:
+        """Hand sentences to the cleaner chain, one at a time.
+
+        The chain asks for sentence k+1 only once every stage has yielded all it
+        will for sentence k, so what came out in between is sentence k's speech:
+        a cleaner that yields nothing for a sentence (a filter) or several pieces
+        never shifts the audio onto another sentence's index.
+        """
         while (sentence := await self._inbox.get()) is not None:
+            self._out = []
             yield sentence
+            self._settle()
+
+    def _settle(self) -> None:
+        """Close the sentence the chain was working on with what it yielded."""
+        index = self._settled
+        if index < len(self.items) and self._out is not None:
+            self._settled += 1
+            spoken = " ".join(piece for piece in self._out if piece)
+            self._out = None
+            self._cleaned(self.items[index], spoken)
 
     async def _clean(self) -> None:
-        """Run the cleaner chain once over all sentences; schedule synthesis per output."""
+        """Run the cleaner chain once over all sentences; schedule synthesis per sentence."""
         stream: AsyncIterator[str] = self._source()
         chain = [stream]
         for cleaner in self.pipeline.cleaners:
             stream = cleaner.process(stream, self.turn)
             chain.append(stream)
-        done = 0
         try:
             async for spoken in stream:
-                if done >= len(self.items):
-                    logger.warning("a speech cleaner yielded more items than sentences; "
-                                   "extra output ignored")
+                if self._out is None:
+                    logger.warning("a speech cleaner yielded text after its sentence was "
+                                   "settled; extra output ignored")
                     continue
-                item = self.items[done]
-                done += 1
-                self._cleaned(item, spoken)
+                self._out.append(spoken)
+            self._settle()  # the chain ended right after the last sentence
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception("speech cleaner failed")
             reason = f"speech cleaner failed: {type(exc).__name__}: {exc}"
-            for item in self.items[done:]:
+            self._out = None
+            for item in self.items[self._settled:]:
                 item.error = reason
                 self._ready.put_nowait(item)
-            done = len(self.items)
+            self._settled = len(self.items)
             # Later sentences still get their audio_error, in order.
             while await self._inbox.get() is not None:
-                item = self.items[done]
-                done += 1
+                item = self.items[self._settled]
+                self._settled += 1
                 item.error = reason
                 self._ready.put_nowait(item)
         finally:
@@ -237,9 +259,9 @@ class SpeechSession:
                         await aclose()
                     except Exception:  # a broken generator is already reported
                         pass
-        if done < len(self.items):
-            logger.warning("speech cleaners yielded {} items for {} sentences",
-                           done, len(self.items))
+        if self._settled < len(self.items):
+            logger.warning("speech cleaners ended after {} of {} sentences",
+                           self._settled, len(self.items))
         self._ready.put_nowait(None)
 
     def _cleaned(self, item: SpeechItem, spoken: str) -> None:
