@@ -139,19 +139,35 @@ async def _serve(config: Any) -> None:
     from loguru import logger
 
     from companion_engine.app import create_app
-    from companion_engine.keys import ENGINE
 
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    try:
+        await _listen_and_wait(runner, config)
+    finally:
+        logger.info("shutting down")
+        await runner.cleanup()
+
+
+async def _listen_and_wait(runner: Any, config: Any) -> None:
+    from aiohttp import web
+    from loguru import logger
+
+    from companion_engine.keys import ENGINE
+
     site = web.TCPSite(runner, config.server.host, config.server.port)
-    await site.start()
-    engine = app[ENGINE]
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
+                           f"{exc.strerror or exc}") from None
+    engine = runner.app[ENGINE]
     port = config.server.port
     for sock in getattr(site._server, "sockets", None) or []:
         port = sock.getsockname()[1]
         break
-    character = engine.characters.active_id if hasattr(engine, "characters") else None
+    character = engine.characters.active_id
     logger.info(
         "ready on http://{}:{} profile={} character={} llm={} tts={} reload={}",
         config.server.host, port, engine.profile.name, character or "-", engine.active_model,
@@ -166,11 +182,7 @@ async def _serve(config: Any) -> None:
             if engine.reloader is not None:
                 engine.reloader.request("SIGHUP")
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-    try:
-        await stop.wait()
-    finally:
-        logger.info("shutting down")
-        await runner.cleanup()
+    await stop.wait()
 
 
 # --- check -----------------------------------------------------------------------------------

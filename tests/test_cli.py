@@ -129,3 +129,15 @@ def test_serve_refuses_bad_config_cleanly(tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path, args: list[str]) -> None:
     out = companion(*args, cwd=tmp_path)
     assert out.returncode == 2
+
+
+def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = companion("serve", "--port", str(port), "--no-reload", cwd=root, timeout=30)
+    assert out.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
