@@ -157,7 +157,9 @@ class CharacterStore:
         self._files, self._cards = files, cards
         self.problems = [p for _, _, p in files.values() if p is not None]
         changed = {i for i in before.keys() | cards.keys() if before.get(i) is not cards.get(i)}
-        if changed:
+        if not before:
+            logger.info("loaded {} character(s) from {}", len(cards), self.directory)
+        elif changed:
             logger.info("characters changed: {}", ", ".join(sorted(changed)))
         return changed
 
