@@ -50,7 +50,7 @@ from companion_engine.chat.turns import make_turn
 from companion_engine.configload import load_config
 from companion_engine.keys import ENGINE
 from companion_engine.llm import LLMStream, get_litellm
-from tests.llmserver import LLMTestServer, Script, free_port
+from companion_engine.testing import LLMTestServer, Script, free_port
 
 
 def script_tokens(n: int) -> list[str]:

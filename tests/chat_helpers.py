@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from companion_engine.testing import LLMTestServer
 from tests.conftest import CARDS
-from tests.llmserver import LLMTestServer
 
 Event = tuple[str, dict[str, Any]]
 

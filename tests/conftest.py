@@ -16,10 +16,8 @@ os.environ.setdefault("COMPANION_LOAD_PLUGINS", "")
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from aiohttp.test_utils import TestClient
 from hypothesis import settings
 
@@ -30,66 +28,29 @@ from companion_engine.config import AppConfig
 settings.register_profile("companion", deadline=None, print_blob=True)
 settings.load_profile("companion")
 
+#: The same fixtures plugin authors get: llm_server, companion_config, companion_client.
+pytest_plugins = ["companion_engine.testing"]
+
 REPO = Path(__file__).resolve().parents[1]
 #: The team's shared folder sits beside the repository (CI lays it there too);
 #: COMPANION_SHARED_DIR points elsewhere when it does not.
 SHARED = Path(os.environ.get("COMPANION_SHARED_DIR", REPO.parent / "shared"))
 CARDS = SHARED / "research" / "cards"
 
-#: A profile that needs nothing outside the test: no LLM reachable, text-only speech.
-TEST_PROFILE: dict[str, Any] = {
-    "llm": {"model": "openai/test-model", "api_base": "http://127.0.0.1:9/v1", "timeout_s": 5},
-    "speech": {"enabled": False, "tts": "none"},
-}
-
-
-def write_yaml(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
 MakeConfig = Callable[..., AppConfig]
-
-
-@pytest.fixture
-def make_config(tmp_path: Path) -> MakeConfig:
-    """Write a config folder and load it. ``profile``/``config`` are merged over the defaults."""
-    from companion_engine.configload import load_config
-
-    def make(
-        profile: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        *,
-        root: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> AppConfig:
-        base = root or tmp_path
-        prof = {**TEST_PROFILE, **(profile or {})}
-        write_yaml(base / "profiles" / "default.yaml", prof)
-        for sub in ("characters", "plugins", "data"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        write_yaml(base / "companion.yaml", {"reload": False, **(config or {})})
-        return load_config(base / "companion.yaml", env=env if env is not None else {})
-
-    return make
-
-
 MakeClient = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-def make_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], make_config: MakeConfig
-) -> MakeClient:
-    """Start the real app for a config (or for ``make_config(**kwargs)``) and return a client."""
-    from companion_engine.app import create_app
+def make_config(companion_config: MakeConfig) -> MakeConfig:
+    """Write a config folder and load it (``companion_engine.testing``'s ``companion_config``)."""
+    return companion_config
 
-    async def make(app_config: AppConfig | None = None, /, **kwargs: Any) -> TestClient:
-        cfg = app_config if app_config is not None else make_config(**kwargs)
-        return await aiohttp_client(create_app(cfg))
 
-    return make
+@pytest.fixture
+def make_client(companion_client: MakeClient) -> MakeClient:
+    """Start the real app for a config (``companion_engine.testing``'s ``companion_client``)."""
+    return companion_client
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from companion_engine.config import AppConfig
-from tests.conftest import TEST_PROFILE, write_yaml
-from tests.llmserver import LLMTestServer, free_port
+from companion_engine.testing import LLMTestServer, free_port
+from companion_engine.testing.project import TEST_PROFILE, write_yaml
 
 
 def write_project(root: Path, profile: dict[str, Any] | None = None,

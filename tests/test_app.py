@@ -170,7 +170,7 @@ def test_app_factory_rejects_a_bad_profile(make_config, tmp_path: Path) -> None:
 
 
 async def test_health_sees_a_reachable_provider(make_client) -> None:  # type: ignore[no-untyped-def]
-    from tests.llmserver import LLMTestServer
+    from companion_engine.testing import LLMTestServer
 
     server = await LLMTestServer.start()
     try:

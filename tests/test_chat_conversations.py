@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from companion_engine.keys import ENGINE
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import add_card, chat_events, llm_profile, names
 from tests.conftest import MakeClient
-from tests.llmserver import LLMTestServer, Script
-
-llm_server = llmserver.llm_server  # the fixture
 
 
 async def test_conversation_is_stored_and_feeds_the_next_turn(

@@ -16,12 +16,9 @@ from aiohttp import web
 
 from companion_engine.app import create_app
 from companion_engine.keys import ENGINE
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script, free_port
 from tests.chat_helpers import llm_profile
 from tests.conftest import MakeConfig
-from tests.llmserver import LLMTestServer, Script, free_port
-
-llm_server = llmserver.llm_server  # the fixture
 
 
 async def _read_first_content(resp: aiohttp.ClientResponse) -> str:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import chat_events, llm_profile, names, streamed_text
 from tests.conftest import MakeClient
-from tests.llmserver import LLMTestServer, Script
-
-llm_server = llmserver.llm_server  # the fixture
 
 
 async def test_audio_ready_per_sentence_before_done(

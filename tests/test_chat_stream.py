@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 
 from companion_engine.chat import sse
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import add_card, chat_events, llm_profile, names, parse_sse, streamed_text
 from tests.conftest import MakeClient, MakeConfig
-from tests.llmserver import LLMTestServer, Script
-
-llm_server = llmserver.llm_server  # the fixture
 
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
 

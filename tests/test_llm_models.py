@@ -7,12 +7,9 @@ import pytest
 from companion_engine.config import LLMConfig
 from companion_engine.keys import ENGINE
 from companion_engine.llm import ModelError, resolve_model, split_model, validate_model
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import chat_events, llm_profile
 from tests.conftest import MakeClient
-from tests.llmserver import LLMTestServer, Script
-
-llm_server = llmserver.llm_server  # the fixture
 
 
 @pytest.mark.parametrize("ollama", [False, True], ids=["openai", "ollama"])

@@ -446,7 +446,7 @@ def turn_completed(engine, turn):
 
 
 async def test_hook_turn_completed(make_client, make_config) -> None:  # type: ignore[no-untyped-def]
-    from tests.llmserver import LLMTestServer, Script
+    from companion_engine.testing import LLMTestServer, Script
 
     server = await LLMTestServer.start()
     try:

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import write_yaml
-from tests.llmserver import free_port
+from companion_engine.testing import free_port
+from companion_engine.testing.project import write_yaml
 from tests.reload_helpers import PROBE_PLUGIN, probe_profile, save_yaml, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")

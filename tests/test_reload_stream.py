@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from companion_engine.config import AppConfig
 from companion_engine.keys import ENGINE
-from tests.llmserver import LLMTestServer, Script, llm_server  # noqa: F401  (fixture)
+from companion_engine.testing import LLMTestServer, Script
 from tests.reload_helpers import (
     PROBE_PLUGIN,
     probe_profile,
@@ -53,7 +53,7 @@ async def events(resp: ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any
 
 
 @pytest.fixture
-async def server(make_config: Any, make_client: Any, llm_server: LLMTestServer,  # noqa: F811
+async def server(make_config: Any, make_client: Any, llm_server: LLMTestServer,
                  tmp_path: Path) -> tuple[TestClient, AppConfig, Path]:
     log = tmp_path / "closed.log"
     cfg = make_config(profile=chat_profile("A", llm_server, log), config={
@@ -64,7 +64,7 @@ async def server(make_config: Any, make_client: Any, llm_server: LLMTestServer, 
 
 
 async def test_stream_in_flight_finishes_on_the_old_profile(
-        server: tuple[TestClient, AppConfig, Path], llm_server: LLMTestServer) -> None:  # noqa: F811
+        server: tuple[TestClient, AppConfig, Path], llm_server: LLMTestServer) -> None:
     client, cfg, log = server
     llm_server.push(Script(tokens=[f"word{i} " for i in range(30)], delay_s=0.04))
     resp = await client.post("/api/chat/stream", json=USER)
@@ -98,7 +98,7 @@ async def test_stream_in_flight_finishes_on_the_old_profile(
 
 
 async def test_reloads_under_streaming_load_fail_no_request(
-        server: tuple[TestClient, AppConfig, Path], llm_server: LLMTestServer) -> None:  # noqa: F811
+        server: tuple[TestClient, AppConfig, Path], llm_server: LLMTestServer) -> None:
     client, cfg, _ = server
     llm_server.default = Script(tokens=["One ", "two ", "three ", "four ", "five."],
                                 delay_s=0.01)

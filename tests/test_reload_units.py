@@ -17,7 +17,7 @@ from companion_engine.config import AppConfig
 from companion_engine.errors import ConfigError
 from companion_engine.plugins import PluginHost
 from companion_engine.reload import WatchedPaths, is_temp_name, local_plugin_problems, prepare
-from tests.conftest import write_yaml
+from companion_engine.testing.project import write_yaml
 from tests.reload_helpers import PROBE_PLUGIN, probe_profile
 
 ROOT = Path("/srv/companion")

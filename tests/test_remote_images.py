@@ -73,7 +73,7 @@ def test_output_does_not_depend_on_chunking(tokens: list[str], cuts: list[int]) 
 
 
 async def test_chat_display_text_has_no_remote_image(make_client) -> None:  # type: ignore[no-untyped-def]
-    from tests.llmserver import LLMTestServer, Script
+    from companion_engine.testing import LLMTestServer, Script
 
     server = await LLMTestServer.start()
     try:

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from tests.llmserver import Script
+from companion_engine.testing import Script
 from tests.security_helpers import ThreadedServer, project_with_llm, threaded_server
 
 KEY = "schemathesis-key-0123456789abcdef"

@@ -17,7 +17,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.llmserver import Script
+from companion_engine.testing import Script
 from tests.security_helpers import ThreadedServer, project_with_llm, threaded_server
 
 KEY = "fuzz-key-0123456789abcdef"

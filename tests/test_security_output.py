@@ -12,7 +12,7 @@ from aiohttp import ClientResponse
 
 from companion_engine.chat.request import MAX_CONTENT_CHARS, MAX_MESSAGES
 from companion_engine.security import API_CSP
-from tests.llmserver import LLMTestServer, Script, llm_server  # noqa: F401  (the fixture)
+from companion_engine.testing import LLMTestServer, Script
 
 SECRET = "env-secret-never-in-a-prompt"
 
@@ -27,7 +27,7 @@ def sse_events(raw: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def start(make_client, make_config, llm_server: LLMTestServer):  # type: ignore[no-untyped-def]  # noqa: F811
+def start(make_client, make_config, llm_server: LLMTestServer):  # type: ignore[no-untyped-def]
     """A running app whose LLM is the scripted server; ``profile``/``config`` merge over it."""
 
     async def run(profile: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -46,7 +46,7 @@ async def stream(client: Any, body: dict[str, Any]) -> tuple[ClientResponse,
 
 
 async def test_display_text_is_sanitized_and_macros_stay_literal(
-        start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]
     llm_server.push(Script(tokens=["<think>plan: leak the key</think>", "Hello ",
                                    "<script>alert(1)</script>", "<img src=x onerror=alert(2)>",
                                    "{{user}} and {{char}}", "."]))
@@ -64,7 +64,7 @@ async def test_display_text_is_sanitized_and_macros_stay_literal(
         assert "Alice and" not in text
 
 
-async def test_speech_text_never_carries_markup(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_speech_text_never_carries_markup(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]
     llm_server.push(Script(tokens=["*smiles warmly* ", "**Hello** <i>there</i>, ",
                                    "my friend. ", "It's `fine` and [a link](http://x.example). ",
                                    "<b>Bold</b> &amp; brave."]))
@@ -78,7 +78,7 @@ async def test_speech_text_never_carries_markup(start, llm_server: LLMTestServer
     assert any("It's" in s for s in spoken)  # an apostrophe, not &#x27;
 
 
-async def test_card_text_is_data_not_config(start, llm_server: LLMTestServer,  # noqa: F811
+async def test_card_text_is_data_not_config(start, llm_server: LLMTestServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("COMPANION_API_KEY", SECRET)
     monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/v1")
@@ -133,7 +133,7 @@ async def test_chat_request_caps(start) -> None:  # type: ignore[no-untyped-def]
         assert 400 <= resp.status < 500, (bad, resp.status)
 
 
-async def test_stream_cap_per_client(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_stream_cap_per_client(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]
     llm_server.default = Script(tokens=["Hello", " there", "."], hang_after=1)
     client = await start(config={"server": {"max_streams_per_ip": 2}})
     body = {"messages": [{"role": "user", "content": "hi"}]}
@@ -162,7 +162,7 @@ async def test_stream_cap_per_client(start, llm_server: LLMTestServer) -> None: 
         resp.close()
 
 
-async def test_llm_call_times_out(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_llm_call_times_out(start, llm_server: LLMTestServer) -> None:  # type: ignore[no-untyped-def]
     llm_server.push(Script(headers_delay_s=5))
     client = await start(profile={"llm": {"model": "openai/test-model", "timeout_s": 1,
                                           "api_base": llm_server.openai_base}})

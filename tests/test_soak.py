@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestServer
 from companion_engine.app import create_app
 from companion_engine.keys import ENGINE
 from companion_engine.store.sqlite import sqlite_path
-from tests.llmserver import LLMTestServer, Script, llm_server  # noqa: F401  (the fixture)
+from companion_engine.testing import LLMTestServer, Script
 from tests.security_helpers import write_project
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,7 @@ async def settle(llm: LLMTestServer, baseline: set[asyncio.Task[object]] | None 
     return leaked
 
 
-async def test_soak(tmp_path: Path, llm_server: LLMTestServer) -> None:  # noqa: F811
+async def test_soak(tmp_path: Path, llm_server: LLMTestServer) -> None:
     llm_server.default = Script(tokens=TOKENS, delay_s=0.01)
     config = write_project(
         tmp_path, llm_port=llm_server.port,

@@ -15,12 +15,9 @@ from hypothesis import strategies as st
 
 from companion_engine.store import Store, StoredMessage, open_store
 from companion_engine.store.redis import split_prefix
-from tests import llmserver
+from companion_engine.testing import LLMTestServer, Script, free_port
 from tests.chat_helpers import chat_events, llm_profile
 from tests.conftest import MakeClient
-from tests.llmserver import LLMTestServer, Script, free_port
-
-llm_server = llmserver.llm_server  # the fixture
 
 REDIS_SERVER = shutil.which("redis-server")
 

@@ -8,12 +8,10 @@ fails, sends garbage, hangs or drops the connection. Every chat request is
 recorded with the time the client connection closed, so tests can prove that a
 client going away cancels the upstream request.
 
-Usage::
+Usage (with the ``companion_engine.testing`` pytest plugin, which provides the
+``llm_server`` fixture)::
 
-    from tests import llmserver
-    from tests.llmserver import Script
-
-    llm_server = llmserver.llm_server  # the fixture, in the test module
+    from companion_engine.testing import Script
 
     async def test_x(llm_server):
         llm_server.push(Script(tokens=["Hi", " there", "."], delay_s=0.01))
@@ -29,11 +27,9 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest_asyncio
 from aiohttp import web
 
 
@@ -308,13 +304,3 @@ def _ollama_chunk(model: str, text: str, done: bool, body: dict[str, Any],
             chunk["prompt_eval_count"] = _prompt_tokens(body)
             chunk["eval_count"] = len(script.tokens)
     return chunk
-
-
-@pytest_asyncio.fixture
-async def llm_server() -> AsyncIterator[LLMTestServer]:
-    """A running scripted LLM server, closed after the test."""
-    server = await LLMTestServer.start()
-    try:
-        yield server
-    finally:
-        await server.close()

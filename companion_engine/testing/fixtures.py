@@ -1,0 +1,54 @@
+"""The pytest fixtures of ``companion_engine.testing``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+
+from companion_engine.config import AppConfig
+from companion_engine.testing.llmserver import LLMTestServer
+from companion_engine.testing.project import write_project
+
+
+@pytest_asyncio.fixture
+async def llm_server() -> AsyncIterator[LLMTestServer]:
+    """A running scripted LLM server, closed after the test."""
+    server = await LLMTestServer.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def companion_config(tmp_path: Path) -> Callable[..., AppConfig]:
+    """``companion_config(profile=, config=, plugin_files=, env=)`` -> a loaded ``AppConfig``."""
+    from companion_engine.configload import load_config
+
+    def make(profile: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+             plugin_files: dict[str, str] | None = None, *, root: Path | None = None,
+             env: dict[str, str] | None = None) -> AppConfig:
+        file = write_project(root or tmp_path, profile, config, plugin_files)
+        return load_config(file, env=env if env is not None else {})
+
+    return make
+
+
+@pytest.fixture
+def companion_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    companion_config: Callable[..., AppConfig],
+) -> Callable[..., Awaitable[TestClient]]:
+    """Start the real app for a config (or ``companion_config(**kwargs)``); return a client."""
+    from companion_engine.app import create_app
+
+    async def make(app_config: AppConfig | None = None, /, **kwargs: Any) -> TestClient:
+        cfg = app_config if app_config is not None else companion_config(**kwargs)
+        return await aiohttp_client(create_app(cfg))
+
+    return make
