@@ -67,9 +67,6 @@ class StreamSlots:
     def __len__(self) -> int:
         return len(self._open)
 
-    def open_count(self, key: str) -> int:
-        return self._open.get(key, 0)
-
     def acquire(self, key: str, limit: int) -> bool:
         count = self._open.get(key, 0)
         if count >= limit:

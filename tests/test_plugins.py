@@ -504,3 +504,23 @@ def test_plain_pydantic_options_and_a_single_class_are_accepted(tmp_path: Path) 
         {"output": [{"plain_opts": {"levle": 3}}]}).output})
     with pytest.raises(ConfigError, match="levle: unknown option"):
         build_pipeline(bad, load(tmp_path))
+
+
+SETTINGS_PLUGIN = """
+from companion_engine import hookimpl
+
+SEEN = {}
+
+@hookimpl
+def startup(engine):
+    SEEN["mine"] = engine.plugin_config("companion-settings-demo")
+    SEEN["absent"] = engine.plugin_config("nobody")
+"""
+
+
+async def test_plugin_config_reads_companion_yaml_plugins_section(make_client, make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(config={"plugins": {"companion-settings-demo": {"voice": "af_sky"}}})
+    write_plugin(config.path("plugins"), "settings", SETTINGS_PLUGIN)
+    await make_client(config)
+    seen = sys.modules["companion_local_plugins.settings"].SEEN
+    assert seen == {"mine": {"voice": "af_sky"}, "absent": {}}

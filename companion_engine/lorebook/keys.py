@@ -235,7 +235,3 @@ def regex_key(kid: int, raw: str, pattern: str, flags: str) -> Key:
     literals, folded, anchored = prefilter(pattern, flags)
     return Key(kid=kid, raw=raw, kind=REGEX, text=pattern, folded=folded, pattern=compiled,
                sticky=sticky, literals=literals, anchored=anchored)
-
-
-def is_word_char(ch: str) -> bool:
-    return ch.isascii() and (ch.isalnum() or ch == "_")
