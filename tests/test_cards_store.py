@@ -19,8 +19,7 @@ from companion_engine.cards.store import CharacterStore
 from companion_engine.cards.update import apply_patch
 from companion_engine.store import Store, open_store
 from tests.cards_helpers import CARDS, card_files, same_card, snapshot, v2
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.shipped import shipped_copy
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def write_card(folder: Path, name: str, card: dict | None = None) -> Path:  # ty
 async def test_loads_every_real_card_with_ids_from_file_names(folder: Path, db: Store) -> None:
     for path in card_files():
         shutil.copy(path, folder / path.name)
-    shutil.copy(REPO / "characters" / "aria.yaml", folder / "aria.yaml")
+    shipped_copy("characters/aria.yaml", folder / "aria.yaml")
     store = CharacterStore(folder, db)
     await store.load()
     ids = {c.id for c in store.list()}
@@ -193,7 +192,7 @@ async def test_update_keeps_format_and_everything_else(folder: Path, db: Store,
 
 
 async def test_update_of_yaml_card_writes_yaml(folder: Path, db: Store) -> None:
-    shutil.copy(REPO / "characters" / "aria.yaml", folder / "aria.yaml")
+    shipped_copy("characters/aria.yaml", folder / "aria.yaml")
     store = CharacterStore(folder, db)
     await store.load()
     await store.update("aria", _patch({"tags": ["x"]}))

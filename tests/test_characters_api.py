@@ -16,8 +16,7 @@ from companion_engine.cards import png
 from companion_engine.cards.formats import parse_card
 from companion_engine.config import AppConfig
 from tests.cards_helpers import CARDS, card_files, card_png, chunk_text, contains, snapshot, v2
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.shipped import shipped_copy
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ def config(make_config: Any) -> AppConfig:
     cfg: AppConfig = make_config(profile={"character": "aria", "user_name": "Sam",
                                           "prompt": [], "output": []})
     folder = cfg.path("characters")
-    shutil.copy(REPO / "characters" / "aria.yaml", folder / "aria.yaml")
+    shipped_copy("characters/aria.yaml", folder / "aria.yaml")
     shutil.copy(CARDS / "seraphina.v2.chara.json", folder / "seraphina.json")
     shutil.copy(CARDS / "megumin.v1.png", folder / "megumin.png")
     return cfg

@@ -14,8 +14,8 @@ from companion_engine.config import AppConfig
 from companion_engine.keys import ENGINE
 from companion_engine.store.base import StoredMessage
 from tests.lorebook_helpers import CARDS
+from tests.shipped import shipped_copy
 
-REPO = Path(__file__).resolve().parents[1]
 URL = "/api/prompt/preview"
 
 
@@ -34,7 +34,7 @@ def config(make_config: Any, tmp_path: Path) -> AppConfig:
                    "character_definition", "example_dialogue",
                    {"history": {"max_tokens": 3000}}, "post_history_instructions"]})
     folder = cfg.path("characters")
-    shutil.copy(REPO / "characters" / "aria.yaml", folder / "aria.yaml")
+    shipped_copy("characters/aria.yaml", folder / "aria.yaml")
     shutil.copy(CARDS / "seraphina.v2.chara.json", folder / "seraphina.json")
     return cfg
 
