@@ -117,13 +117,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args.config))
     if args.host:
-        config.server.host = args.host
+        config.override("server.host", args.host)
     if args.port is not None:
-        config.server.port = args.port
+        config.override("server.port", args.port)
     if args.profile:
-        config.profile = args.profile
+        config.override("profile", args.profile)
     if args.no_reload:
-        config.reload = False
+        config.override("reload", False)
     json_dir = config.path("data") / "logs" if config.logging.json_file else None
     setup_logging(config.logging.level, json_dir)
     if not is_loopback(config.server.host) and not config.server.api_key:

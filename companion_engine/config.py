@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 #: A stage as written in YAML: ``name`` or ``{name: {options}}``.
 StageSpec = str | dict[str, dict[str, Any] | None]
@@ -144,6 +144,23 @@ class AppConfig(ConfigModel):
     base_dir: Path = Field(default=Path("."), exclude=True)
     #: The config file itself, when loaded from one.
     source: Path | None = Field(default=None, exclude=True)
+
+    #: Settings given on the command line (``--port``, ...), dotted key -> value. They win
+    #: over the file on every reload, so reload compares against these effective values.
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self._overrides)
+
+    def override(self, key: str, value: Any) -> None:
+        """Set the dotted ``key`` (``server.port``) and remember it as a command-line choice."""
+        *parents, last = key.split(".")
+        obj: Any = self
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, last, value)
+        self._overrides[key] = value
 
     def path(self, name: str) -> Path:
         """An absolute path from ``paths:`` (profiles, characters, plugins or data)."""

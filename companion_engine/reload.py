@@ -57,8 +57,9 @@ RESTART_ONLY: tuple[str, ...] = (
     "paths.profiles", "paths.characters", "paths.plugins", "paths.data",
     "reload",
 )
-#: Settings the command line may override (``--profile``); a reload keeps the override.
-CLI_OVERRIDABLE: tuple[str, ...] = ("profile",)
+#: Settings the command line may override (``--host``, ``--port``, ``--profile``,
+#: ``--no-reload``); a reload keeps the override and compares against it.
+CLI_OVERRIDABLE: tuple[str, ...] = ("server.host", "server.port", "profile", "reload")
 
 #: Watcher timing (ms): a batch is handed over once no new change arrived for ``STEP_MS``
 #: (editors write several files or a temp file and a rename), at the latest after
@@ -193,7 +194,7 @@ def prepare(running: AppConfig, current_host: PluginHost, pins: dict[str, Any],
     if running.source is not None:
         fresh = load_config(running.source)
         for key, value in pins.items():
-            set_dotted(fresh, key, value)
+            fresh.override(key, value)
     else:
         fresh = running.model_copy(deep=True)
     restart_required = []
@@ -234,17 +235,20 @@ class Reloader:
         return self._watch_task is not None and not self._watch_task.done()
 
     async def find_pins(self) -> None:
-        """Note which settings the command line changed, so a reload does not undo them."""
-        source = self.engine.config.source
+        """Note which settings the command line changed, so a reload does not undo them
+        (nor reports them as needing a restart): the ones it recorded as overrides, and any
+        overridable setting that differs from the file."""
+        running = self.engine.config
+        self.pins = running.overrides
+        source = running.source
         if source is None:
             return
         try:
             from_file = await asyncio.to_thread(load_config, source)
         except ConfigError:
             return
-        running = self.engine.config
-        self.pins = {key: get_dotted(running, key) for key in CLI_OVERRIDABLE
-                     if get_dotted(running, key) != get_dotted(from_file, key)}
+        self.pins.update({key: get_dotted(running, key) for key in CLI_OVERRIDABLE
+                          if get_dotted(running, key) != get_dotted(from_file, key)})
 
     # --- reloading ----------------------------------------------------------------------------
 

@@ -80,5 +80,8 @@ async def test_no_reload_and_sighup(served: tuple[str, Path, int]) -> None:
     await wait_until(reloaded, what="reload after SIGHUP")
     status = await get(url, "/api/status")
     assert status["profile"] == "cli"  # --profile survives the reload
+    # A profile-only edit needs no restart: --port and --no-reload are the effective
+    # settings, not the file's port 3000 and reload: true (issue 19.11).
+    assert (await get(url, "/health"))["config"]["restart_required"] == []
     config = await get(url, "/-/config")
     assert config["profile"]["output"][0]["options"]["label"] == "cli-2"

@@ -14,6 +14,7 @@ from watchfiles import Change
 
 from companion_engine import hookimpl
 from companion_engine.config import AppConfig
+from companion_engine.configload import load_config
 from companion_engine.errors import ConfigError
 from companion_engine.plugins import PluginHost
 from companion_engine.reload import WatchedPaths, is_temp_name, local_plugin_problems, prepare
@@ -112,6 +113,31 @@ def test_prepare_reapplies_command_line_overrides(folder: AppConfig) -> None:
     candidate = prepare(running, host_for(folder), {"profile": "cli"}, reload_plugins=False)
     assert candidate.profile.name == "cli"
     assert candidate.config.profile == "cli"
+
+
+def test_prepare_compares_against_the_effective_settings(
+        folder: AppConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19.11: a port from ``--port`` or ``APP_PORT`` is no restart-only change."""
+    assert folder.source is not None
+    running = load_config(folder.source)
+    running.override("server.port", 4100)  # companion serve --port 4100
+    running.override("reload", False)      # --no-reload
+    write_yaml(folder.path("profiles") / "default.yaml", probe_profile("edited"))
+    candidate = prepare(running, host_for(folder), running.overrides, reload_plugins=False)
+    assert candidate.restart_required == []
+    assert candidate.config.server.port == 4100 and candidate.config.reload is False
+    assert candidate.config.overrides == {"server.port": 4100, "reload": False}
+
+    monkeypatch.setenv("APP_PORT", "4200")
+    running = load_config(folder.source)
+    assert running.server.port == 4200
+    candidate = prepare(running, host_for(folder), {}, reload_plugins=False)
+    assert candidate.restart_required == [] and candidate.config.server.port == 4200
+    # The file's own port changing still needs a restart, and says so.
+    write_yaml(folder.base_dir / "companion.yaml", {"reload": True, "server": {"port": 4300}})
+    monkeypatch.delenv("APP_PORT")
+    assert prepare(running, host_for(folder), {}, reload_plugins=False).restart_required == [
+        "server.port"]
 
 
 def test_prepare_without_plugin_reload_reuses_the_host(folder: AppConfig) -> None:
