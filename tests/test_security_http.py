@@ -3,7 +3,10 @@ rate limits, body and JSON caps. One test (or more) per rule of docs/security.md
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import shutil
 from typing import Any
 
 import pytest
@@ -76,6 +79,34 @@ async def test_docs_page_alone_gets_the_swagger_csp(start) -> None:  # type: ign
     assert html == DOCS_HTML
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
     assert "<style" not in html
+
+
+NODE = shutil.which("node")
+#: Runs the page's init script with a stand-in ``SwaggerUIBundle`` that prints its options.
+INIT_PROBE = """
+const src = require("fs").readFileSync(0, "utf8");
+globalThis.window = globalThis;
+globalThis.SwaggerUIBundle = (opts) => { console.log(JSON.stringify(opts)); return {}; };
+SwaggerUIBundle.presets = {apis: "apis"};
+eval(src);
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's init script")
+async def test_api_browser_names_no_outside_host(start) -> None:  # type: ignore[no-untyped-def]
+    """Issue 19.13: Swagger UI's default ``validatorUrl`` loads a badge from
+    validator.swagger.io; the init script turns it off, and no option names another host."""
+    client = await start()
+    init = await (await client.get("/docs/init.js")).text()
+    proc = await asyncio.create_subprocess_exec(
+        NODE or "node", "-e", INIT_PROBE, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(init.encode()), 30)
+    assert proc.returncode == 0, stderr.decode()
+    options = json.loads(stdout)
+    assert "validatorUrl" in options and options["validatorUrl"] is None
+    assert options.get("queryConfigEnabled") is not True  # ?url=... cannot load a remote spec
+    assert not re.search(r"\b(?:https?:)?//", json.dumps(options)), options
 
 
 # --- CORS ------------------------------------------------------------------------------------

@@ -178,8 +178,10 @@ DOCS_HTML = """<!doctype html>
 <script src="/docs/init.js"></script></body></html>
 """
 
+#: ``validatorUrl: null``: Swagger UI's default puts a badge image from an outside host
+#: (validator.swagger.io, sent our spec's URL) on the page; the API browser stays offline.
 DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
-  deepLinking: true, presets: [SwaggerUIBundle.presets.apis]});
+  deepLinking: true, validatorUrl: null, presets: [SwaggerUIBundle.presets.apis]});
 """
 
 
