@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -205,3 +206,38 @@ def test_plain_text_passes_unchanged(stage: Sanitizer) -> None:
     text = "Hello! It's 3.14, isn't it? Dr. Smith says \"hi\" & waves."
     assert run(stage, re.split(r"(?<= )", text), _turn()) == text
     assert run(stage, list(text), _turn()) == text
+
+
+# --- the chunk-boundary example in docs/plugins.md ---------------------------------------------
+
+
+def _docs_example() -> type[Sanitizer]:
+    """The ``plugins/bleep.py`` example of docs/plugins.md, executed as written."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"```python\n(# plugins/bleep\.py\n.*?)```", text, re.DOTALL)
+    assert code is not None, "the example is gone from docs/plugins.md"
+    namespace: dict[str, object] = {"__name__": "bleep_example"}
+    exec(compile(code.group(1), "docs/plugins.md:bleep", "exec"), namespace)
+    return namespace["Bleep"]  # type: ignore[return-value]
+
+
+def test_docs_chunk_boundary_example_is_correct() -> None:
+    """Issue 19.13: the documented pattern gives the same output however the reply is cut."""
+    bleep = _docs_example()
+    stage = bleep(bleep.Options(words=["darn", "heck"]))
+    text = "Darn it! What the heck, darned darn-heck. darn"
+    expected = "**** it! What the ****, darned ****-****. ****"
+    for parts in every_split(text):
+        assert run(stage, parts) == expected, parts
+    naive = "".join(p.replace("darn", "****") for p in ["da", "rn"])
+    assert naive == "darn"  # what a sanitizer that looks at each chunk alone lets through
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["darn", "da", "rn", " ", "ed", "!", "x", "DARN", "\n", "é"]),
+                max_size=20), st.lists(st.integers(0, 200), max_size=8))
+def test_docs_chunk_boundary_example_does_not_depend_on_chunking(
+        tokens: list[str], cuts: list[int]) -> None:
+    bleep = _docs_example()
+    text = "".join(tokens)
+    assert run(bleep(), split_at(text, cuts)) == run(bleep(), [text])
