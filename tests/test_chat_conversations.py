@@ -38,6 +38,13 @@ async def test_conversation_is_stored_and_feeds_the_next_turn(
                           ("user", "Remember me?", "complete"),
                           ("assistant", "Of course.", "complete")]
     assert data["messages"][-1]["meta"]["usage"]["completion_tokens"] == 2
+    # greeting + first message in one transaction, then one per reply and message
+    assert data["version"] == 4
+    assert [m["index"] for m in data["messages"]] == [0, 1, 2, 3, 4]
+    assert len({m["id"] for m in data["messages"]}) == 5
+    assert data["messages"][2]["swipes"] == ["Welcome back."]
+    assert data["messages"][2]["swipe_index"] == 0 and "swipes" not in data["messages"][1]
+    assert data["character_ids"] == [card] and data["summary"] is None
 
     async with client.delete(f"/api/conversations/{conv_id}") as resp:
         assert resp.status == 200

@@ -13,16 +13,37 @@ from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response
+from companion_engine.store import Conversation
 
 routes = ApiRoutes()
+
+
+class MessageData(BaseModel):
+    index: int
+    id: str
+    role: str
+    content: str
+    status: str
+    created_at: float
+    meta: dict[str, Any] | None = None
+    #: Assistant messages: every alternative (regenerated replies, alternate greetings).
+    swipes: list[str] | None = None
+    swipe_index: int | None = None
 
 
 class ConversationData(BaseModel):
     id: str
     character_id: str | None
+    character_ids: list[str]
+    reply_order: str
+    title: str | None
     created_at: float
     updated_at: float
-    messages: list[dict[str, Any]]
+    version: int
+    branched_from: dict[str, Any] | None = None
+    messages: list[MessageData]
+    summary: Any = None
+    authors_note: Any = None
 
 
 class ConversationReply(BaseModel):
@@ -50,10 +71,20 @@ async def get_conversation(request: web.Request) -> web.Response:
     conversation = await engine.store.get_conversation(conversation_id)
     if conversation is None:
         raise ApiError(404, f"conversation not found: {conversation_id}")
-    return json_response({"success": True, "data": {
-        "id": conversation.id, "character_id": conversation.character_id,
-        "created_at": conversation.created_at, "updated_at": conversation.updated_at,
-        "messages": [m.as_dict() for m in conversation.messages]}})
+    state = await engine.store.get_state(conversation_id)
+    return json_response({"success": True, "data": conversation_data(conversation, state)})
+
+
+def conversation_data(conversation: Conversation, state: dict[str, Any]) -> dict[str, Any]:
+    """A conversation as the API shows it (``ConversationData``)."""
+    c = conversation
+    return {
+        "id": c.id, "character_id": c.character_id, "character_ids": c.character_ids,
+        "reply_order": c.reply_order, "title": c.title, "created_at": c.created_at,
+        "updated_at": c.updated_at, "version": c.version, "branched_from": c.branched_from,
+        "messages": [{"index": i, **m.as_dict()} for i, m in enumerate(c.messages)],
+        "summary": state.get("summary"), "authors_note": state.get("authors_note"),
+    }
 
 
 @routes.delete("/api/conversations/{id}", response=Deleted, tags=["conversations"],

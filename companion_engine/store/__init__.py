@@ -1,15 +1,45 @@
-"""Persistent state: conversations and small settings.
+"""Persistent state: conversations, their per-conversation state, and small settings.
 
-SQLite by default; Redis when several instances share one state.
+SQLite by default; Redis when several instances share one state. ``store.base``
+holds the contract (``Store``) and the editing rules both backends share.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from companion_engine.store.base import Conversation, Store, StoredMessage
+from companion_engine.store.base import (
+    REPLY_ORDERS,
+    Conversation,
+    ConversationExists,
+    ConversationNotFound,
+    ConversationSummary,
+    InvalidEdit,
+    MessageNotFound,
+    ReplyOrder,
+    Store,
+    StoredMessage,
+    StoreError,
+    Swipe,
+    VersionConflict,
+)
 
-__all__ = ["Conversation", "Store", "StoredMessage", "open_store"]
+__all__ = [
+    "REPLY_ORDERS",
+    "Conversation",
+    "ConversationExists",
+    "ConversationNotFound",
+    "ConversationSummary",
+    "InvalidEdit",
+    "MessageNotFound",
+    "ReplyOrder",
+    "Store",
+    "StoreError",
+    "StoredMessage",
+    "Swipe",
+    "VersionConflict",
+    "open_store",
+]
 
 
 async def open_store(url: str, base_dir: Path) -> Store:

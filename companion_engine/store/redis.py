@@ -3,25 +3,76 @@
 Layout under a key prefix (``companion:`` by default, ``?prefix=`` in the URL):
 
 - ``{prefix}settings``: a hash, field -> JSON value;
-- ``{prefix}conv:{id}``: a hash with ``character_id``, ``created_at``, ``updated_at``;
-- ``{prefix}conv:{id}:messages``: a list of JSON messages, oldest first.
+- ``{prefix}conv:{id}``: a hash with ``character_id`` (JSON), ``created_at``,
+  ``updated_at``, ``version``, ``character_ids`` (JSON), ``reply_order``, ``title``
+  (JSON), ``branched_from`` (JSON);
+- ``{prefix}conv:{id}:messages``: a list of JSON messages, oldest first;
+- ``{prefix}conv:{id}:state``: a hash, state key -> JSON value;
+- ``{prefix}conversations``: a sorted set of ids by ``updated_at`` (the listing);
+- ``{prefix}character:{id}:conversations``: a set of the ids a character takes part in.
 
-Each append is one ``MULTI``/``EXEC`` transaction, so a turn's messages land
-together or not at all, exactly like the SQLite store.
+An append is one Lua script (atomic, one round trip: it creates the
+conversation and writes its greeting only if the conversation is new). An edit
+is an optimistic transaction: ``WATCH`` the conversation's keys, read, check the
+version, ``MULTI``/``EXEC`` the change; a concurrent writer makes ``EXEC`` fail
+and the edit is retried against what that writer left (or reported stale).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
-from companion_engine.store.base import Conversation, Store, StoredMessage
+from companion_engine.store.base import (
+    Conversation,
+    ConversationExists,
+    ConversationNotFound,
+    ConversationSummary,
+    Edit,
+    Store,
+    StoredMessage,
+    branch_of,
+    check_version,
+    fresh,
+    stamp,
+)
 
 DEFAULT_PREFIX = "companion:"
+#: An edit that keeps losing the race to other writers gives up after this many tries.
+MAX_RETRIES = 50
+
+#: KEYS: head, messages, listing, member sets...; ARGV: now, conversation id,
+#: number of head fields (pairs), number of opening messages, fields..., opening..., messages...
+APPEND = """
+local head, msgs = KEYS[1], KEYS[2]
+local now, id = ARGV[1], ARGV[2]
+local n_fields, n_open = tonumber(ARGV[3]), tonumber(ARGV[4])
+local i = 5
+local created = redis.call('HSETNX', head, 'created_at', now)
+if created == 1 then
+  for _ = 1, n_fields do
+    redis.call('HSET', head, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for k = 4, #KEYS do redis.call('SADD', KEYS[k], id) end
+  for _ = 1, n_open do
+    redis.call('RPUSH', msgs, ARGV[i])
+    i = i + 1
+  end
+else
+  i = i + 2 * n_fields + n_open
+end
+for j = i, #ARGV do redis.call('RPUSH', msgs, ARGV[j]) end
+redis.call('HSET', head, 'updated_at', now)
+redis.call('ZADD', KEYS[3], now, id)
+return redis.call('HINCRBY', head, 'version', 1)
+"""
 
 
 def split_prefix(url: str) -> tuple[str, str]:
@@ -33,10 +84,33 @@ def split_prefix(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
+def _encode(m: StoredMessage) -> str:
+    return json.dumps(m.to_json())
+
+
+def _head_fields(conv: Conversation) -> dict[str, str]:
+    return {"character_id": json.dumps(conv.character_id),
+            "character_ids": json.dumps(conv.character_ids),
+            "reply_order": conv.reply_order, "title": json.dumps(conv.title),
+            "branched_from": json.dumps(conv.branched_from)}
+
+
+def _conversation(conversation_id: str, head: dict[str, str], raw: list[str]) -> Conversation:
+    character_id = json.loads(head.get("character_id", "null"))
+    ids = json.loads(head["character_ids"]) if "character_ids" in head else (
+        [character_id] if character_id else [])
+    return Conversation(
+        conversation_id, character_id, float(head["created_at"]), float(head["updated_at"]),
+        [StoredMessage.from_json(json.loads(item)) for item in raw],
+        int(head.get("version", 1)), ids, head.get("reply_order") or "natural",  # type: ignore[arg-type]
+        json.loads(head.get("title", "null")), json.loads(head.get("branched_from", "null")))
+
+
 class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        self._append = client.register_script(APPEND)
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
@@ -45,10 +119,14 @@ class RedisStore(Store):
         client = aioredis.Redis.from_url(clean, decode_responses=True)
         try:
             await client.ping()
+            store = cls(client, prefix)
+            await store._migrate()
         except Exception:
             await client.aclose()
             raise
-        return cls(client, prefix)
+        return store
+
+    # --- keys -------------------------------------------------------------------------------
 
     def _settings(self) -> str:
         return f"{self.prefix}settings"
@@ -58,6 +136,36 @@ class RedisStore(Store):
 
     def _messages(self, conversation_id: str) -> str:
         return f"{self.prefix}conv:{conversation_id}:messages"
+
+    def _state(self, conversation_id: str) -> str:
+        return f"{self.prefix}conv:{conversation_id}:state"
+
+    def _listing(self) -> str:
+        return f"{self.prefix}conversations"
+
+    def _member(self, character_id: str) -> str:
+        return f"{self.prefix}character:{character_id}:conversations"
+
+    async def _migrate(self) -> None:
+        """Index conversations written before the listing existed (once per prefix)."""
+        marker = f"{self.prefix}schema"
+        if await self.client.get(marker) == "2":
+            return
+        async for key in self.client.scan_iter(match=f"{self.prefix}conv:*", count=500):
+            rest = key[len(self.prefix) + len("conv:"):]
+            if rest.endswith((":messages", ":state")):
+                continue
+            head = await self.client.hgetall(key)
+            if "updated_at" not in head:
+                continue
+            await self.client.hsetnx(key, "version", 1)
+            await self.client.zadd(self._listing(), {rest: float(head["updated_at"])})
+            character_id = json.loads(head.get("character_id", "null"))
+            if character_id:
+                await self.client.sadd(self._member(character_id), rest)
+        await self.client.set(marker, "2")
+
+    # --- settings ---------------------------------------------------------------------------
 
     async def get_setting(self, key: str) -> Any | None:
         value = await self.client.hget(self._settings(), key)
@@ -69,20 +177,56 @@ class RedisStore(Store):
         else:
             await self.client.hset(self._settings(), key, json.dumps(value))
 
+    # --- conversations ----------------------------------------------------------------------
+
     async def append_messages(
-        self, conversation_id: str, messages: list[StoredMessage], *, character_id: str | None
-    ) -> None:
+        self, conversation_id: str, messages: list[StoredMessage], *,
+        character_id: str | None, opening: Sequence[StoredMessage] = (),
+    ) -> int:
         now = time.time()
-        head = self._head(conversation_id)
-        async with self.client.pipeline(transaction=True) as tx:
-            tx.hsetnx(head, "created_at", repr(now))
-            tx.hsetnx(head, "character_id", json.dumps(character_id))
-            tx.hset(head, "updated_at", repr(now))
-            tx.rpush(self._messages(conversation_id), *[
-                json.dumps({"role": m.role, "content": m.content, "status": m.status,
-                            "created_at": m.created_at or now, "meta": m.meta})
-                for m in messages])
-            await tx.execute()
+        encoded = [_encode(m) for m in stamp(messages, now)]
+        opened = [_encode(m) for m in stamp(opening, now)]
+        fields = {"character_id": json.dumps(character_id),
+                  "character_ids": json.dumps([character_id] if character_id else [])}
+        members = [self._member(character_id)] if character_id else []
+        version = await self._append(
+            keys=[self._head(conversation_id), self._messages(conversation_id),
+                  self._listing(), *members],
+            args=[repr(now), conversation_id, len(fields), len(opened),
+                  *[x for kv in fields.items() for x in kv], *opened, *encoded])
+        return int(version)
+
+    async def create_conversation(
+        self, conversation: Conversation, *, state: dict[str, Any] | None = None,
+    ) -> Conversation:
+        conv = fresh(conversation, time.time())
+        state_fields = _state_fields(state or {})
+        head_key = self._head(conv.id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            await pipe.watch(head_key)
+            if await pipe.exists(head_key):
+                raise ConversationExists(conv.id)
+            pipe.multi()
+            self._write_new(pipe, conv, state_fields)
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise ConversationExists(conv.id) from None
+        return conv
+
+    def _write_new(self, pipe: Any, conv: Conversation, state_fields: dict[str, str]) -> None:
+        """Queue the writes of a whole new conversation on a ``MULTI`` pipeline."""
+        pipe.delete(self._messages(conv.id), self._state(conv.id))
+        pipe.hset(self._head(conv.id), mapping={
+            **_head_fields(conv), "created_at": repr(conv.created_at),
+            "updated_at": repr(conv.updated_at), "version": conv.version})
+        if conv.messages:
+            pipe.rpush(self._messages(conv.id), *[_encode(m) for m in conv.messages])
+        if state_fields:
+            pipe.hset(self._state(conv.id), mapping=state_fields)
+        pipe.zadd(self._listing(), {conv.id: conv.updated_at})
+        for character_id in conv.character_ids:
+            pipe.sadd(self._member(character_id), conv.id)
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         async with self.client.pipeline(transaction=True) as tx:
@@ -91,18 +235,145 @@ class RedisStore(Store):
             head, raw = await tx.execute()
         if not head:
             return None
-        msgs = []
-        for item in raw:
-            d = json.loads(item)
-            msgs.append(StoredMessage(d["role"], d["content"], d["status"], d["created_at"],
-                                      d.get("meta") or {}))
-        return Conversation(conversation_id, json.loads(head.get("character_id", "null")),
-                            float(head["created_at"]), float(head["updated_at"]), msgs)
+        return _conversation(conversation_id, head, raw)
+
+    async def list_conversations(
+        self, *, character_id: str | None = None, limit: int = 50,
+    ) -> list[ConversationSummary]:
+        if character_id is None:
+            ids = await self.client.zrevrange(self._listing(), 0, limit - 1)
+        else:
+            members = list(await self.client.smembers(self._member(character_id)))
+            scores = await self.client.zmscore(self._listing(), members) if members else []
+            ranked = sorted(((s, i) for i, s in zip(members, scores, strict=True)
+                             if s is not None), reverse=True)
+            ids = [i for _, i in ranked[:limit]]
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=True) as tx:
+            for cid in ids:
+                tx.hgetall(self._head(cid))
+                tx.llen(self._messages(cid))
+                tx.lindex(self._messages(cid), -1)
+            raw = await tx.execute()
+        out = []
+        for n, cid in enumerate(ids):
+            head, count, last = raw[3 * n:3 * n + 3]
+            if not head:
+                continue  # deleted between the two reads
+            conv = _conversation(cid, head, [])
+            out.append(ConversationSummary(
+                cid, conv.character_id, conv.character_ids, conv.title, conv.created_at,
+                conv.updated_at, conv.version, int(count),
+                StoredMessage.from_json(json.loads(last)) if last else None))
+        return out
 
     async def delete_conversation(self, conversation_id: str) -> bool:
-        removed = await self.client.delete(self._head(conversation_id),
-                                           self._messages(conversation_id))
+        head_key = self._head(conversation_id)
+        head = await self.client.hgetall(head_key)
+        members = _conversation(conversation_id, head, []).character_ids if head else []
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.delete(head_key, self._messages(conversation_id))
+            tx.delete(self._state(conversation_id))
+            tx.zrem(self._listing(), conversation_id)
+            for character_id in members:
+                tx.srem(self._member(character_id), conversation_id)
+            removed, *_ = await tx.execute()
         return bool(removed)
+
+    # --- state ------------------------------------------------------------------------------
+
+    async def get_state(self, conversation_id: str) -> dict[str, Any]:
+        raw = await self.client.hgetall(self._state(conversation_id))
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    async def update_state(self, conversation_id: str, changes: dict[str, Any]) -> None:
+        fields = _state_fields(changes)
+        deleted = [k for k, v in changes.items() if v is None]
+        if not fields and not deleted:
+            return
+        async with self.client.pipeline(transaction=True) as tx:
+            if deleted:
+                tx.hdel(self._state(conversation_id), *deleted)
+            if fields:
+                tx.hset(self._state(conversation_id), mapping=fields)
+            await tx.execute()
+
+    # --- editing ----------------------------------------------------------------------------
+
+    async def _transact(self, conversation_id: str, edit: Edit,
+                        expected_version: int | None) -> Conversation:
+        head_key, msgs_key = self._head(conversation_id), self._messages(conversation_id)
+        for _ in range(MAX_RETRIES):
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(head_key, msgs_key)
+                head = await pipe.hgetall(head_key)
+                if not head:
+                    raise ConversationNotFound(conversation_id)
+                conv = _conversation(conversation_id, head,
+                                     await pipe.lrange(msgs_key, 0, -1))
+                check_version(conv, expected_version)
+                change = edit(conv)
+                now = time.time()
+                change.append = stamp(change.append, now)
+                after = change.apply(conv, now)
+                pipe.multi()
+                for index, m in change.replace.items():
+                    pipe.lset(msgs_key, index, _encode(m))
+                if change.truncate == 0:
+                    pipe.delete(msgs_key)
+                elif change.truncate is not None:
+                    pipe.ltrim(msgs_key, 0, change.truncate - 1)
+                if change.append:
+                    pipe.rpush(msgs_key, *[_encode(m) for m in change.append])
+                pipe.hset(head_key, mapping={**_head_fields(after), "updated_at": repr(now),
+                                             "version": after.version})
+                pipe.zadd(self._listing(), {conversation_id: now})
+                for gone in set(conv.character_ids) - set(after.character_ids):
+                    pipe.srem(self._member(gone), conversation_id)
+                for new in set(after.character_ids) - set(conv.character_ids):
+                    pipe.sadd(self._member(new), conversation_id)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue  # another writer got there first: read again
+                return after
+        raise RuntimeError(f"conversation {conversation_id}: gave up after {MAX_RETRIES} "
+                           "concurrent writers won the race")
+
+    async def _branch(self, conversation_id: str, new_id: str, at: int,
+                      expected_version: int | None) -> Conversation:
+        src_head, src_msgs = self._head(conversation_id), self._messages(conversation_id)
+        src_state, new_head = self._state(conversation_id), self._head(new_id)
+        for _ in range(MAX_RETRIES):
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(src_head, src_msgs, src_state, new_head)
+                head = await pipe.hgetall(src_head)
+                if not head:
+                    raise ConversationNotFound(conversation_id)
+                source = _conversation(conversation_id, head,
+                                       await pipe.lrange(src_msgs, 0, -1))
+                check_version(source, expected_version)
+                if await pipe.exists(new_head):
+                    raise ConversationExists(new_id)
+                state = await pipe.hgetall(src_state)
+                conv = branch_of(source, new_id, at, time.time())
+                pipe.multi()
+                self._write_new(pipe, conv, state)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return conv
+        raise RuntimeError(f"branching {conversation_id}: gave up after {MAX_RETRIES} tries")
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _state_fields(changes: dict[str, Any]) -> dict[str, str]:
+    """Encoded up front: a value that is not JSON fails before anything is written."""
+    for key in changes:
+        if not isinstance(key, str):
+            raise TypeError(f"state keys are strings, not {type(key).__name__}")
+    return {k: json.dumps(v) for k, v in changes.items() if v is not None}
