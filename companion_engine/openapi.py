@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from companion_engine import jsoninput
 from companion_engine.errors import ApiError
 from companion_engine.security import is_open
 
@@ -106,41 +107,15 @@ def parse_model(model: type[M], data: Any, what: str = "request body") -> M:
         raise ApiError(422, msg, detail) from None
 
 
-#: Deepest JSON nesting accepted: real bodies (cards included) stay far below it, and
-#: a deeper one would only cost recursion in the validators.
-MAX_JSON_DEPTH = 64
-
-
-def json_depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion (``1`` for a flat list or object)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            node = list(node.values())
-        if isinstance(node, list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
-    return deepest
-
-
 async def read_json(request: web.Request) -> Any:
-    """The parsed JSON body, or a 400 saying what is wrong with it."""
+    """The parsed JSON body, or a 400 saying what is wrong with it (``jsoninput.loads``:
+    malformed, not UTF-8, too deep, NaN/Infinity, huge integers, lone surrogates)."""
     if not request.can_read_body:
         raise ApiError(400, "request body is empty; send JSON")
-    raw = await request.read()
     try:
-        data = json.loads(raw)
-        if json_depth(data) > MAX_JSON_DEPTH:
-            raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        return data
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise ApiError(400, f"malformed JSON: {exc.msg} at {where}") from None
-    except RecursionError:
-        raise ApiError(400, "JSON nested too deeply") from None
+        return jsoninput.loads(await request.read())
+    except jsoninput.JSONInputError as exc:
+        raise ApiError(400, f"request body: {exc.reason}") from None
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
+from companion_engine.jsoninput import MAX_JSON_DEPTH
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import MAX_JSON_DEPTH
 from companion_engine.routes.system import DOCS_HTML
 from companion_engine.security import API_CSP, DOCS_CSP, SECURITY_HEADERS
 

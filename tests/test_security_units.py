@@ -19,7 +19,7 @@ from companion_engine.chat.request import CHARACTER_ID, CONVERSATION_ID, MODEL_N
 from companion_engine.config import AppConfig
 from companion_engine.configload import load_config
 from companion_engine.errors import ConfigError
-from companion_engine.openapi import MAX_JSON_DEPTH, json_depth
+from companion_engine.jsoninput import MAX_JSON_DEPTH, json_depth
 from companion_engine.ratelimit import RateLimiter, StreamSlots, retry_after
 from companion_engine.security import bearer_token, client_ip, client_key, key_matches
 

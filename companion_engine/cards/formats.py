@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from companion_engine import jsoninput
 from companion_engine.cards import png
 from companion_engine.cards.errors import CardError, Issue
 from companion_engine.cards.model import Character
@@ -82,18 +83,12 @@ def parse_card(data: bytes) -> ParsedCard:
 
 
 def load_json(text: str, what: str) -> Any:
-    """``json.loads`` with a 400 ``CardError`` naming line and column; no NaN/Infinity."""
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
+    """Client JSON (``jsoninput.loads``) with a 400 ``CardError`` naming line and column."""
     try:
-        return json.loads(text, parse_constant=no_constants)
-    except json.JSONDecodeError as exc:
-        raise CardError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}", status=400, line=exc.lineno) from None
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise CardError(f"{what} is not valid JSON: {reason}", status=400) from None
+        return jsoninput.loads(text)
+    except jsoninput.JSONInputError as exc:
+        raise CardError(f"{what} is not valid JSON: {exc.detail}", status=400,
+                        line=exc.line) from None
 
 
 def _decode_utf8(data: bytes, what: str) -> str:

@@ -7,12 +7,12 @@ cached. Reading is blocking: call ``load`` from a thread.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 from loguru import logger
 
+from companion_engine import jsoninput
 from companion_engine.lorebook.entry import Lorebook, Warnings, from_object
 
 #: A lorebook file larger than this is refused (with a warning), not read.
@@ -48,9 +48,11 @@ class LorebookFiles:
             return self._failed(path, stamp, f"lorebook file is {st.st_size:,} bytes; the limit "
                                              f"is {MAX_FILE_BYTES:,}")
         try:
-            data = json.loads(path.read_bytes())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            return self._failed(path, stamp, f"cannot parse lorebook file: {exc}")
+            data = jsoninput.loads(path.read_bytes())
+        except OSError as exc:
+            return self._failed(path, stamp, f"cannot read lorebook file: {exc.strerror}")
+        except jsoninput.JSONInputError as exc:  # downloaded files are untrusted input too
+            return self._failed(path, stamp, f"cannot parse lorebook file: {exc.reason}")
         book = from_object(data, path.stem, spec=spec)
         for message in book.warnings:
             logger.warning("lorebook file {}: {}", path, message)
