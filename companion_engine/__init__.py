@@ -1,14 +1,66 @@
 """Companion Engine: a plugin-based server for AI companion apps.
 
-Plugins import ``hookimpl`` from here::
+Everything a plugin author needs is importable from here::
 
-    from companion_engine import hookimpl
+    from companion_engine import Sanitizer, StageOptions, Turn, hookimpl
+
+``api_version`` is the version of this plugin API (stable within ``1.x``:
+names are only added, never removed or changed in meaning).
 """
 
 from __future__ import annotations
 
+from companion_engine.errors import (
+    ApiError,
+    ConfigError,
+    StageError,
+    UnknownVoiceError,
+)
 from companion_engine.hookspecs import hookimpl, hookspec
+from companion_engine.stages import (
+    Audio,
+    LorebookInjector,
+    PromptBuilder,
+    Sanitizer,
+    SentenceSplitter,
+    Stage,
+    StageOptions,
+    TTSBackend,
+)
+from companion_engine.turn import (
+    HistoryInfo,
+    LoreActivation,
+    LorebookInfo,
+    Message,
+    Turn,
+    TurnResult,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+#: The plugin API this engine implements.
+api_version = "1.0"
 
-__all__ = ["__version__", "hookimpl", "hookspec"]
+__all__ = [
+    "ApiError",
+    "Audio",
+    "ConfigError",
+    "HistoryInfo",
+    "LoreActivation",
+    "LorebookInfo",
+    "LorebookInjector",
+    "Message",
+    "PromptBuilder",
+    "Sanitizer",
+    "SentenceSplitter",
+    "Stage",
+    "StageError",
+    "StageOptions",
+    "TTSBackend",
+    "Turn",
+    "TurnResult",
+    "UnknownVoiceError",
+    "__version__",
+    "api_version",
+    "hookimpl",
+    "hookspec",
+]

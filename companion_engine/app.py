@@ -48,8 +48,8 @@ def create_app(
     )
     app[ENGINE] = engine
     install_security(app)
-    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, hooks_ctx,
-                           reload_ctx])
+    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, pipeline_ctx,
+                           hooks_ctx, reload_ctx])
     for plugin, route in host.collect_routes(engine):
         try:
             app.router.add_routes([route])
@@ -97,6 +97,13 @@ async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     aclose = getattr(engine.llm, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The first pipeline's stages ``setup(engine)`` once the shared resources exist."""
+    engine = app[ENGINE]
+    await engine.pipeline.setup(engine)
+    yield
 
 
 async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -142,7 +142,11 @@ async def _serve(config: Any) -> None:
 
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()  # a stage failing its setup() stops here (ConfigError)
+    except BaseException:
+        await runner.cleanup()
+        raise
     try:
         await _listen_and_wait(runner, config)
     finally:

@@ -30,12 +30,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from loguru import logger
 
-from companion_engine.chat.request import MODEL_NAME
+from companion_engine.errors import TurnError
+from companion_engine.patterns import MODEL_NAME
 
 if TYPE_CHECKING:
     from companion_engine.config import LLMConfig
     from companion_engine.engine import Engine
-    from companion_engine.turn import Message
+    from companion_engine.turn import Message, Turn
 
 # LiteLLM would otherwise fetch its model cost map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -115,7 +116,7 @@ async def get_litellm() -> ModuleType:
 # --- errors -----------------------------------------------------------------------------------
 
 
-class LLMError(Exception):
+class LLMError(TurnError):
     """A provider failure; ``type`` is the SSE ``error`` event type."""
 
     type: str = "provider_error"
@@ -383,20 +384,25 @@ class LLMGateway:
     def target(self, model: str | None = None) -> ModelTarget:
         return resolve_model(model or self.engine.active_model, self.engine.profile.llm)
 
-    def stream(self, messages: list[Message], model: str | None = None) -> LLMStream:
-        """A not-yet-opened streaming completion of ``messages``."""
-        llm = self.engine.profile.llm
-        target = resolve_model(model or self.engine.active_model, llm)
+    def stream(self, turn: Turn) -> LLMStream:
+        """A not-yet-opened streaming completion of ``turn.messages``.
+
+        Everything comes from the turn (its leased profile's ``llm`` settings, its
+        model, its ``llm_params`` overrides), never from the engine's current
+        profile: a reload during the turn cannot mix two configurations.
+        """
+        llm = turn.profile.llm
+        target = resolve_model(turn.model or llm.model, llm)
         kwargs: dict[str, Any] = {
             "temperature": llm.temperature, "max_tokens": llm.max_tokens,
             "num_retries": 0, "max_retries": 0,
-            "stream_options": {"include_usage": True}, **llm.params,
+            "stream_options": {"include_usage": True}, **llm.params, **turn.llm_params,
         }
         if target.api_base:
             kwargs["api_base"] = target.api_base
         if target.api_key:
             kwargs["api_key"] = target.api_key
-        return LLMStream(target, messages, kwargs, llm.timeout_s)
+        return LLMStream(target, turn.messages, kwargs, llm.timeout_s)
 
     # --- listing and reachability ---------------------------------------------------------
 

@@ -2,20 +2,24 @@
 
 ``build_pipeline`` validates every stage name and option against the plugin
 host's registry and reports all problems at once, each naming the profile file,
-its line and the key path, with the known names listed.
+its line and the key path, with the known names listed. The pipeline remembers
+which plugin registered each stage, and ``guard``/``blame`` turn whatever a
+stage raises into a ``StageError`` naming both, so no caller has to guess the
+culprit from a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pydantic import ValidationError
 
-from companion_engine.errors import ConfigError, Problem
+from companion_engine.errors import ApiError, ConfigError, Problem, StageError, TurnError
 from companion_engine.stages import (
     LorebookInjector,
     PromptBuilder,
@@ -28,6 +32,7 @@ from companion_engine.stages import (
 if TYPE_CHECKING:
     from companion_engine.config import Profile, StageRef
     from companion_engine.configload import YamlDoc
+    from companion_engine.engine import Engine
     from companion_engine.plugins import PluginHost
 
 
@@ -42,6 +47,8 @@ class Pipeline:
     cleaners: list[Sanitizer]
     tts: TTSBackend
     generation: int = 0
+    #: ``id(stage)`` -> the plugin that registered its class.
+    owners: dict[int, str] = field(default_factory=dict, repr=False)
     #: Turns currently running on this pipeline.
     users: int = field(default=0, repr=False)
     retired: bool = field(default=False, repr=False)
@@ -49,6 +56,42 @@ class Pipeline:
 
     def stages(self) -> list[Stage]:
         return [*self.prompt, *self.output, self.splitter, *self.cleaners, self.tts]
+
+    def plugin_of(self, stage: Stage) -> str | None:
+        return self.owners.get(id(stage))
+
+    def blame(self, stage: Stage, exc: BaseException) -> TurnError:
+        """``exc``, raised by ``stage``, as a ``StageError`` naming it and its plugin."""
+        if isinstance(exc, TurnError):
+            return exc
+        return StageError.wrap(exc, stage.name, self.plugin_of(stage))
+
+    async def guard(self, stage: Stage, items: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``items`` (a stage's output stream) with its failures blamed on ``stage``."""
+        try:
+            async for item in items:
+                yield item
+        except (TurnError, ApiError):
+            raise  # from upstream (the provider, an earlier stage): not this stage's
+        except Exception as exc:
+            raise self.blame(stage, exc) from exc
+
+    async def setup(self, engine: Engine) -> None:
+        """Run every stage's ``setup`` once, in profile order; a failure closes what was
+        set up and raises ``ConfigError`` naming the stage."""
+        for stage in dict.fromkeys(self.stages()):
+            try:
+                await stage.setup(engine)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self.aclose()
+                by = self.plugin_of(stage)
+                file = self.profile.source or f"profiles/{self.profile.name}.yaml"
+                raise ConfigError([Problem(
+                    str(file), None, "",
+                    f"stage {stage.name!r}{f' ({by})' if by else ''} failed to set up: "
+                    f"{type(exc).__name__}: {exc}")]) from exc
 
     async def aclose(self) -> None:
         """Close every stage once; one stage failing to close does not stop the rest."""
@@ -76,6 +119,7 @@ def build_pipeline(
     ``doc`` is the profile's parsed YAML, used to put line numbers on problems.
     """
     problems: list[Problem] = []
+    owners: dict[int, str] = {}
     file = doc.display if doc else f"profiles/{profile.name}.yaml"
 
     def line(path: str) -> int | None:
@@ -109,11 +153,13 @@ def build_pipeline(
                 problems.append(Problem(file, line(sub), sub, msg))
             return None
         try:
-            return info.cls(options)
+            stage = info.cls(options)
         except Exception as exc:
             problems.append(Problem(file, line(path), path,
                                     f"stage {ref.name!r} ({info.plugin}) failed to start: {exc}"))
             return None
+        owners[id(stage)] = info.plugin
+        return stage
 
     prompt = [make(r, ("prompt_builder", "lorebook_injector"), f"prompt[{i}]")
               for i, r in enumerate(profile.prompt)]
@@ -125,4 +171,4 @@ def build_pipeline(
     if problems:
         raise ConfigError(problems)
     return Pipeline(profile=profile, prompt=prompt, output=output, splitter=splitter,
-                    cleaners=cleaners, tts=tts, generation=generation)
+                    cleaners=cleaners, tts=tts, generation=generation, owners=owners)

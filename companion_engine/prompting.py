@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from companion_engine.cards.macros import substitute
+from companion_engine.errors import ApiError
 from companion_engine.stages import LorebookInjector
 
 if TYPE_CHECKING:
     from companion_engine.pipeline import Pipeline
     from companion_engine.turn import Turn
-
-#: ``turn.stash`` key under which the ``history`` builder records what it kept.
-HISTORY_STASH = "history"
 
 
 def expand(turn: Turn, text: str) -> str:
@@ -29,16 +27,24 @@ def expand(turn: Turn, text: str) -> str:
 async def assemble_prompt(pipeline: Pipeline, turn: Turn) -> None:
     """Build ``turn.messages`` with every prompt stage of ``pipeline``, in order.
 
-    Whatever the stages do, the user's message ends up in the prompt: when no
-    stage placed it (a profile without ``history``), it is appended last.
+    A stage that raises is reported as a ``StageError`` naming it (an ``ApiError``,
+    a bad request such as a missing greeting, passes through). Whatever the stages
+    do, the user's message ends up in the prompt exactly once: when no stage placed
+    ``turn.user_entry`` (a profile without ``history``), it is appended last, after
+    the greeting of a new conversation.
     """
     for stage in pipeline.prompt:
-        if isinstance(stage, LorebookInjector):
-            await stage.inject(turn)
-        else:
-            await stage.build(turn)
-    if HISTORY_STASH not in turn.stash:
-        logger.debug("no history builder in the profile; appending the user message")
+        try:
+            if isinstance(stage, LorebookInjector):
+                await stage.inject(turn)
+            else:
+                await stage.build(turn)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise pipeline.blame(stage, exc) from exc
+    if turn.user_index is None:
+        logger.debug("no prompt stage placed the user message; appending it")
         if turn.greeting and not turn.history:
             turn.messages.append({"role": "assistant", "content": turn.greeting})
-        turn.messages.append({"role": "user", "content": turn.user_message})
+        turn.messages.append(turn.user_entry)

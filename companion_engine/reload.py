@@ -287,6 +287,7 @@ class Reloader:
             pipeline = build_pipeline(candidate.profile, candidate.plugins,
                                       generation=engine.pipeline.generation + 1,
                                       doc=candidate.doc)
+            await pipeline.setup(engine)
         except ConfigError as exc:
             self._failed(reason, str(exc))
             return False

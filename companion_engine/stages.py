@@ -1,9 +1,12 @@
-"""Base classes for pipeline stages.
+"""Base classes for pipeline stages: the contract between the engine and a plugin.
 
 A stage class has a unique ``name``, a nested pydantic ``Options`` model
 (``extra="forbid"``) and is built as ``Cls(options)`` when a profile's pipeline
-is assembled. Each kind has exactly one work method, called directly by the
-turn runner (never through pluggy).
+is assembled. Each kind has one work method, called directly by the turn
+runner (never through pluggy). Lifecycle: ``setup(engine)`` once after the
+pipeline is built and before it serves a turn, ``aclose()`` once no running
+turn uses it. One instance serves concurrent turns: keep per-turn state on the
+``Turn``, never on ``self``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from companion_engine.engine import Engine
     from companion_engine.turn import Turn
 
 
@@ -37,6 +41,11 @@ class Stage:
 
     def __init__(self, options: StageOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    async def setup(self, engine: Engine) -> None:
+        """Acquire what the stage needs (models, the shared ``engine.http`` session,
+        ``engine.plugin_config(name)``). Called once, on the event loop, before the
+        pipeline serves its first turn; raising here rejects the profile (or reload)."""
 
     async def aclose(self) -> None:
         """Release resources; called once no running turn uses this instance."""
@@ -66,15 +75,22 @@ class LorebookInjector(Stage):
 class Sanitizer(Stage):
     """Transforms a text stream: an async generator, str in and str out.
 
-    In ``output:`` it sees the reply's streamed pieces. In ``speech.cleaners`` it
-    sees one sentence per item; what it yields before asking for the next one is
-    that sentence's speech (nothing: not spoken; several pieces: joined).
+    In ``output:`` it sees the reply's streamed pieces, cut anywhere (a word or a
+    tag may arrive split). In ``speech.cleaners`` it sees one sentence per item;
+    what it yields before asking for the next one is that sentence's speech
+    (nothing: not spoken; several pieces: joined). ``turn.stop(reason)`` ends
+    the reply.
     """
 
     kind: ClassVar[str] = "sanitizer"
 
     def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
         raise NotImplementedError
+
+    def extract_expressions(self, sentence: str) -> list[str]:
+        """Expression tags in a displayed sentence (``[joy]`` -> ``"joy"``), for the
+        audio events; a speech cleaner that knows tags overrides it."""
+        return []
 
 
 class SentenceSplitter(Stage):
@@ -88,7 +104,12 @@ class SentenceSplitter(Stage):
 
 @dataclass(slots=True)
 class Audio:
-    """Synthesised speech for one sentence."""
+    """Synthesised speech for one sentence.
+
+    ``visemes`` are ``{"time_ms", "viseme", "phoneme"}`` mouth shapes over time (the
+    15 Oculus visemes, see ``companion_engine.speech.visemes``);
+    ``duration_ms`` is read from the WAV header when a backend leaves it None.
+    """
 
     data: bytes
     format: str = "wav"
@@ -98,15 +119,19 @@ class Audio:
 
 
 class TTSBackend(Stage):
-    """Speaks one sentence."""
+    """Speaks one sentence: ``synthesize(text, turn)`` in ``turn.voice`` if set."""
 
     kind: ClassVar[str] = "tts_backend"
+    #: False for a backend that never makes audio (``none``): sentences are still split.
+    speaks: ClassVar[bool] = True
 
     async def synthesize(self, text: str, turn: Turn) -> Audio:
+        """Raise ``companion_engine.errors.UnknownVoiceError`` for a voice it lacks."""
         raise NotImplementedError
 
     async def voices(self) -> list[dict[str, Any]]:
-        """Voices this backend offers (``GET /api/tts/voices``)."""
+        """Voices this backend offers (``GET /api/tts/voices``): dicts with at least
+        ``name``; ``language``, ``gender``, ``quality``, ``sample_rate`` where known."""
         return []
 
 

@@ -1,4 +1,10 @@
-"""The per-turn context object every stage receives."""
+"""The per-turn context object every stage receives, and what a finished turn produced.
+
+Everything one stage tells another travels in a typed field of ``Turn``:
+``user_entry`` (the user's message, placed once), ``greeting``, ``history_info``,
+``lorebook_info``, ``expressions``, ``voice``, ``llm_params``, ``stop()`` and
+``result``. ``stash`` is a plugin's private scratch space, never a contract.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ if TYPE_CHECKING:
     from companion_engine.engine import Engine
 
 Role = Literal["system", "user", "assistant"]
+TurnStatus = Literal["complete", "interrupted", "error"]
 
 
 class Message(TypedDict):
@@ -37,36 +44,104 @@ class LoreActivation:
     tokens: int = 0
 
 
+@dataclass(slots=True)
+class HistoryInfo:
+    """What the history builder kept of the conversation (``/api/prompt/preview``)."""
+
+    kept: int
+    dropped: int
+    tokens: int
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class LorebookInfo:
+    """Totals of one turn's lorebook scan (``/api/prompt/preview``)."""
+
+    entries: int = 0
+    activated: int = 0
+    tokens: int = 0
+    token_budget: int | None = None
+    overflowed: bool = False
+    passes: int = 0
+    tokenizer: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TurnResult:
+    """How a turn ended; ``turn.result`` once the runner is done (``turn_completed`` sees it)."""
+
+    status: TurnStatus = "complete"
+    content: str = ""
+    usage: dict[str, Any] | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)
+    #: ``{type, provider, error}`` when ``status`` is ``error``.
+    error: dict[str, Any] | None = None
+    #: ``stop``, ``length``, a stage's ``turn.stop(reason)``, ... (None if unknown).
+    finish_reason: str | None = None
+    #: Text pieces the client received as ``content`` events.
+    chunk_count: int = 0
+
+
 @dataclass
 class Turn:
     """Everything one chat turn knows, passed to every stage.
 
-    Prompt builders append to ``messages``; lorebook injectors record what they
-    activated in ``lore``; any stage may keep per-turn state in ``stash`` under a
-    key named after itself.
+    One stage instance serves many turns at once: per-turn state belongs here
+    (or in a generator's local variables), never on the stage.
     """
 
     profile: Profile
     user_message: str
     character: Character | None = None
     user_name: str = "User"
+    #: Earlier messages of the conversation, oldest first (the new message not included).
     history: list[Message] = field(default_factory=list)
+    #: The prompt being built by the ``prompt:`` stages.
     messages: list[Message] = field(default_factory=list)
     conversation_id: str | None = None
     model: str = ""
     engine: Engine | None = None
     #: Entries the lorebook injectors activated, in prompt order.
     lore: list[LoreActivation] = field(default_factory=list)
-    #: Text a prompt builder wants placed before/after the character definition,
-    #: keyed by position name (``before_char``, ``after_char``); filled by lorebook
-    #: injectors, consumed by ``character_definition``.
+    #: Text a prompt builder wants placed at a named position (``before_char``,
+    #: ``after_char``, ``before_examples``, ...); filled by lorebook injectors.
     slots: dict[str, list[str]] = field(default_factory=dict)
     #: Messages to insert into the history at a depth: (depth, role, content).
     depth_injections: list[tuple[int, Role, str]] = field(default_factory=list)
-    #: The greeting that opened this conversation, when the turn started one.
+    #: The greeting that opens this conversation, when the turn starts one.
     greeting: str | None = None
+    #: Which greeting a new conversation opens with: 0 = ``first_mes``, n = alternate n.
+    greeting_index: int = 0
+    #: Set by the history builder.
+    history_info: HistoryInfo | None = None
+    #: Set by the lorebook injector.
+    lorebook_info: LorebookInfo | None = None
+    #: The voice the client asked for (None: the backend's configured voice).
+    voice: str | None = None
+    #: Audio format the client asked for (``wav``, ``pcm16``, ``opus``, ``mp3``; None:
+    #: the profile's ``speech.audio_format``).
+    audio_format: str | None = None
+    #: Whether the client wants audio in parts within a sentence (None: the profile's).
+    chunked_audio: bool | None = None
+    #: Per-turn overrides of the profile's ``llm`` settings (temperature, max_tokens, ...).
+    llm_params: dict[str, Any] = field(default_factory=dict)
+    #: Expression tags per sentence index (``[joy]`` -> ``"joy"``), found by the cleaners.
+    expressions: dict[int, list[str]] = field(default_factory=dict)
+    #: Why the reply ended early, once a stage called ``stop()``.
+    finish_reason: str | None = None
+    #: How the turn ended; set before ``turn_completed`` runs.
+    result: TurnResult | None = None
+    #: A plugin's private per-turn scratch space (use a key named after your stage).
     stash: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.perf_counter)
+    #: The user's message of this turn as one message object: a history builder places
+    #: exactly this object; if no stage does, it is appended last.
+    user_entry: Message = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.user_entry = {"role": "user", "content": self.user_message}
 
     @property
     def char_name(self) -> str:
@@ -74,3 +149,21 @@ class Turn:
         if self.character is None:
             return "Assistant"
         return self.character.display_name
+
+    @property
+    def user_index(self) -> int | None:
+        """Where ``user_entry`` sits in ``messages`` (None until a stage placed it)."""
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i] is self.user_entry:
+                return i
+        return None
+
+    def stop(self, reason: str) -> None:
+        """End the reply after the current piece: the LLM request is closed and
+        ``done.finish_reason`` is ``reason``. The first call wins."""
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish_reason is not None

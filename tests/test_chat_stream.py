@@ -254,7 +254,7 @@ async def test_turn_completed_hook_sees_the_result(
         "SEEN = []\n"
         "@hookimpl\n"
         "async def turn_completed(engine, turn):\n"
-        "    r = turn.stash['result']\n"
+        "    r = turn.result\n"
         "    SEEN.append((r.status, r.content, turn.conversation_id))\n")
     client = await make_client(profile=llm_profile(llm_server), root=tmp_path)
     llm_server.push(Script(tokens=["Done", "."]))

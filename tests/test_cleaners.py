@@ -130,7 +130,7 @@ async def test_session_reports_expressions_and_keeps_display_text_apart() -> Non
     assert session.expressions(0) == ["joy"]
     assert session.expressions(1) == ["sad"]
     assert session.expressions(2) == []
-    assert turn.stash["expressions"] == {0: ["joy"], 1: ["sad"]}
+    assert turn.expressions == {0: ["joy"], 1: ["sad"]}
     await session.finish()
     assert rec.indexes() == [0, 2]  # sentence 1 has nothing to say
     first, third = rec.events[0][1], rec.events[1][1]

@@ -251,7 +251,7 @@ async def test_stage_records_lore_and_caches_the_compile(tmp_path: Path) -> None
     assert turn.lore[1].depth == 1 and turn.lore[1].role == "assistant"
     assert turn.depth_injections == [(1, "assistant", "Dragons sleep in Kai's cellar.")]
     assert turn.slots["before_char"][0].startswith('Kai: "What is Eldoria?"')
-    assert turn.stash["lorebook"]["activated"] == 2
+    assert turn.lorebook_info is not None and turn.lorebook_info.activated == 2
     # a new Character object (the card changed) compiles again
     turn = Turn(profile=Profile(), user_message="x", character=card("seraphina.v2.chara.json"))
     await stage.inject(turn)

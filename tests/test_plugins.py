@@ -428,7 +428,7 @@ TURNS = []
 
 @hookimpl
 async def turn_completed(engine, turn):
-    result = turn.stash["result"]
+    result = turn.result
     TURNS.append((turn.user_message, result.status, result.content))
 
 @hookimpl

@@ -112,8 +112,8 @@ async def test_real_card_line_endings_are_normalised() -> None:
 @pytest.mark.parametrize(("index", "expected"), [(None, "Hi Kai!"), (0, "Hi Kai!"),
                                                  (1, "Welcome back, Kai."), (2, "Yo.")])
 async def test_greeting_selection(index: int | None, expected: str) -> None:
-    stash = {} if index is None else {"greeting_index": index}
-    t = await assemble(character=aria(), stash=stash)
+    chosen = {} if index is None else {"greeting_index": index}
+    t = await assemble(character=aria(), **chosen)
     assert t.greeting == expected
     assert contents(t)[-3:] == [("assistant", expected), ("user", "hello"),
                                 ("system", "Short replies, Kai.")]
@@ -121,7 +121,7 @@ async def test_greeting_selection(index: int | None, expected: str) -> None:
 
 async def test_greeting_out_of_range_is_a_422() -> None:
     with pytest.raises(ApiError) as err:
-        await assemble(character=aria(), stash={"greeting_index": 3})
+        await assemble(character=aria(), greeting_index=3)
     assert err.value.status == 422 and "2 alternate greeting" in err.value.error
 
 
@@ -154,7 +154,8 @@ async def test_history_keeps_the_newest_within_budget() -> None:
     profile = Profile(prompt=[{"history": {"max_tokens": user + 3 * per}}])
     t = await assemble(profile, history=chat(10))
     assert [m["content"][:3] for m in t.messages] == ["007", "008", "009", "hel"]
-    assert t.stash["history"]["dropped"] == 7 and t.stash["history"]["tokens"] == user + 3 * per
+    assert t.history_info is not None
+    assert t.history_info.dropped == 7 and t.history_info.tokens == user + 3 * per
 
 
 async def test_user_message_always_included() -> None:

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from companion_engine.builtin.sanitizers import (
-    FINISH_REASON,
     HTMLSanitizer,
     RoleLeakGuard,
     SanitizeHTML,
@@ -160,7 +159,7 @@ def test_role_leak_stops_at_user_label_split_across_chunks() -> None:
     for parts in every_split(text):
         turn = _turn()
         assert run(StopAtRoleLeak(), parts, turn) == "Sure, let's go.", parts
-        assert turn.stash[FINISH_REASON] == "role_leak"
+        assert turn.finish_reason == "role_leak"
 
 
 def test_role_leak_catches_generic_and_decorated_labels_and_template_tokens() -> None:
@@ -173,7 +172,7 @@ def test_role_leak_keeps_lines_that_only_look_similar() -> None:
     text = "Alexander: no.\nUsers: many.\nThe user: said.\nAlex said: hi\nUser"
     turn = _turn()
     assert run(StopAtRoleLeak(), list(text), turn) == text
-    assert FINISH_REASON not in turn.stash
+    assert turn.finish_reason is None
 
 
 def test_role_leak_extra_names_option() -> None:

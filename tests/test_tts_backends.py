@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from companion_engine.builtin.tts import VOICE_KEY, EspeakTTS
+from companion_engine.builtin.tts import EspeakTTS
 from companion_engine.config import Profile
 from companion_engine.speech.http_tts import OPENAI_VOICES, OpenAITTS, PiperTTS, TTSError, XttsTTS
 from companion_engine.speech.session import SpeechSession
@@ -64,10 +64,10 @@ async def test_espeak_rate_voice_and_errors() -> None:
     fast = await EspeakTTS(EspeakTTS.Options(rate=300)).synthesize(text, turn())
     assert slow.duration_ms > 2 * fast.duration_ms
     t = turn()
-    t.stash[VOICE_KEY] = "de"
+    t.voice = "de"
     german = await EspeakTTS().synthesize("Guten Tag, wie geht es Ihnen?", t)
     assert german.duration_ms > 500
-    t.stash[VOICE_KEY] = "xx-nope"
+    t.voice = "xx-nope"
     with pytest.raises(RuntimeError, match="unknown espeak voice 'xx-nope'"):
         await EspeakTTS().synthesize("Hello.", t)
     voices = await EspeakTTS().voices()

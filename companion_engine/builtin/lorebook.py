@@ -34,7 +34,7 @@ from companion_engine.lorebook import (
 )
 from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
-from companion_engine.turn import LoreActivation, Turn
+from companion_engine.turn import LoreActivation, LorebookInfo, Turn
 
 #: Books with more entries than this compile and scan in a thread (off the event loop).
 THREAD_COMPILE_ENTRIES = 300
@@ -158,16 +158,15 @@ class LorebookStage(LorebookInjector):
                 id=e.uid, comment=e.comment, position=e.position, order=e.order,
                 source=e.source, depth=e.depth if at_depth else None,
                 role=e.role if at_depth else None, matched=act.matched, tokens=act.tokens))
-        turn.stash.setdefault("lorebook", {}).update({
-            "entries": len(lore.entries),
-            "activated": len(result.activated),
-            "tokens": result.tokens,
-            "token_budget": opts.token_budget,
-            "overflowed": result.overflowed,
-            "passes": result.passes,
-            "tokenizer": counter.name,
-            "warnings": list(lore.warnings),
-        })
+        info = turn.lorebook_info or LorebookInfo(tokenizer=counter.name)
+        info.entries += len(lore.entries)
+        info.activated += len(result.activated)
+        info.tokens += result.tokens
+        info.token_budget = opts.token_budget
+        info.overflowed = info.overflowed or result.overflowed
+        info.passes = max(info.passes, result.passes)
+        info.warnings.extend(lore.warnings)
+        turn.lorebook_info = info
 
 
 def scan_messages(turn: Turn, include_names: bool = True) -> list[tuple[str, str]]:

@@ -17,10 +17,10 @@ from pydantic import Field
 from companion_engine import hookimpl
 from companion_engine.cards.macros import with_original
 from companion_engine.errors import ApiError
-from companion_engine.prompting import HISTORY_STASH, expand
+from companion_engine.prompting import expand
 from companion_engine.stages import PromptBuilder, StageOptions
 from companion_engine.tokens import get_counter
-from companion_engine.turn import Message, Role, Turn
+from companion_engine.turn import HistoryInfo, Message, Role, Turn
 
 #: SillyTavern's default main prompt (chat completion).
 DEFAULT_SYSTEM_PROMPT = ("Write {{char}}'s next reply in a fictional chat between {{char}} "
@@ -143,7 +143,7 @@ class FirstMessage(PromptBuilder):
         card = turn.character
         if card is None or turn.history or turn.greeting is not None:
             return
-        index = int(turn.stash.get("greeting_index") or 0)
+        index = turn.greeting_index
         if index == 0:
             text = card.first_mes
         elif index <= len(card.alternate_greetings):
@@ -156,11 +156,9 @@ class FirstMessage(PromptBuilder):
         if not text:
             return
         turn.greeting = text
-        placed = turn.stash.get(HISTORY_STASH)
-        if placed is not None:  # history already ran: insert before the user's message
-            at = placed["user_index"]
+        at = turn.user_index
+        if at is not None:  # history already ran: insert before the user's message
             turn.messages.insert(at, {"role": "assistant", "content": text})
-            placed["user_index"] = at + 1
 
 
 class History(PromptBuilder):
@@ -184,7 +182,7 @@ class History(PromptBuilder):
         earlier: list[Message] = list(turn.history)
         if not earlier and turn.greeting:
             earlier = [{"role": "assistant", "content": turn.greeting}]
-        user: Message = {"role": "user", "content": turn.user_message}
+        user = turn.user_entry
         used = counter.count_message(user["content"])
         kept: list[Message] = []
         for message in reversed(earlier):
@@ -195,13 +193,9 @@ class History(PromptBuilder):
             kept.append(message)
         kept.reverse()
         chat = [*kept, user]
-        start = len(turn.messages)
         turn.messages.extend(with_injections(chat, turn.depth_injections))
-        user_index = start + next(i for i, m in enumerate(turn.messages[start:]) if m is user)
-        turn.stash[HISTORY_STASH] = {
-            "kept": len(kept), "dropped": len(earlier) - len(kept), "tokens": used,
-            "max_tokens": o.max_tokens, "user_index": user_index,
-        }
+        turn.history_info = HistoryInfo(kept=len(kept), dropped=len(earlier) - len(kept),
+                                        tokens=used, max_tokens=o.max_tokens)
 
 
 def with_injections(chat: list[Message], injections: list[tuple[int, Role, str]]) -> list[Message]:
@@ -260,11 +254,7 @@ class SquashSystem(PromptBuilder):
                 out[-1] = {"role": "system",
                            "content": out[-1]["content"] + o.separator + message["content"]}
             else:
-                out.append(message)
-        if HISTORY_STASH in turn.stash:
-            user_index = next(i for i in range(len(out) - 1, -1, -1)
-                              if out[i]["role"] == "user")
-            turn.stash[HISTORY_STASH]["user_index"] = user_index
+                out.append(message)  # the same object: turn.user_entry stays anchored
         turn.messages[:] = out
 
 

@@ -437,8 +437,6 @@ class SanitizeHTML(Sanitizer):
 #: Chat-template tokens that never belong in a reply.
 DEFAULT_MARKERS = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>",
                    "<|user|>", "<|end|>", "<start_of_turn>", "<end_of_turn>", "[INST]"]
-#: ``turn.stash`` key telling the runner why the reply ended early.
-FINISH_REASON = "finish_reason"
 #: Decoration a speaker label may carry: ``### User:``, ``**User:**``, ``> User:``.
 _DECOR = " \t#*_>"
 
@@ -555,10 +553,7 @@ class StopAtRoleLeak(Sanitizer):
         names = ["User", turn.user_name, *self.options.names]
         guard = RoleLeakGuard(names, self.options.markers)
 
-        def stopped() -> None:
-            turn.stash[FINISH_REASON] = "role_leak"
-
-        return run_scanner(guard, chunks, stopped)
+        return run_scanner(guard, chunks, lambda: turn.stop("role_leak"))
 
 
 @hookimpl

@@ -18,19 +18,6 @@ if TYPE_CHECKING:
     from companion_engine.engine import Engine
     from companion_engine.turn import Turn
 
-#: ``turn.stash`` key a caller sets to speak one turn (or one ``/api/tts`` call) in another voice.
-VOICE_KEY = "tts_voice"
-
-
-def voice_for(turn: Turn | None, default: str) -> str:
-    """The voice requested for this turn, else the backend's configured one."""
-    if turn is not None:
-        voice = turn.stash.get(VOICE_KEY)
-        if isinstance(voice, str) and voice:
-            return voice
-    return default
-
-
 class EspeakTTS(TTSBackend):
     """espeak-ng inside the server process: no TTS server to run, with visemes."""
 
@@ -51,7 +38,7 @@ class EspeakTTS(TTSBackend):
     async def synthesize(self, text: str, turn: Turn) -> Audio:
         o = self.options
         result = await espeak.engine().synthesize(
-            text, voice=voice_for(turn, o.voice), rate=o.rate, pitch=o.pitch,
+            text, voice=turn.voice or o.voice, rate=o.rate, pitch=o.pitch,
             volume=o.volume, end_pause=o.end_pause)
         return Audio(
             data=pcm_to_wav(result.pcm, result.sample_rate),
@@ -70,7 +57,6 @@ class NoTTS(TTSBackend):
 
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "text only, no audio"
-    #: Read by ``SpeechSession``: a backend that never makes audio.
     speaks: ClassVar[bool] = False
 
     async def synthesize(self, text: str, turn: Turn) -> Audio:

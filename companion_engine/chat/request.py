@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CHARACTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
-#: provider/model: no empty, "." or ".." segment (some providers put the model in a URL
-#: path), and ``\Z`` so ``match`` cannot accept a trailing newline.
-MODEL_NAME = re.compile(r"^(?!.*//)(?!(?:.*/)?\.\.?(?:/|\Z))[A-Za-z0-9][A-Za-z0-9/_.:@+-]{0,199}\Z")
+from companion_engine.patterns import (
+    CHARACTER_ID,
+    CONVERSATION_ID,
+    MODEL_NAME,
+    VOICE_NAME,
+    AudioFormat,
+    check_voice_name,
+)
+
+__all__ = ["CHARACTER_ID", "CONVERSATION_ID", "MODEL_NAME", "VOICE_NAME", "AudioFormat",
+           "ChatMessage", "ChatRequest", "check_voice_name"]
+
 MAX_MESSAGES = 500
 MAX_CONTENT_CHARS = 32_000
 
@@ -46,6 +52,12 @@ class ChatRequest(BaseModel):
     user_name: str | None = Field(default=None, min_length=1, max_length=100)
     #: Which greeting opens a new conversation: 0 = ``first_mes``, n = ``alternate_greetings[n-1]``.
     greeting: int | None = Field(default=None, ge=0, le=1000)
+    #: A voice of the TTS backend for this turn (``GET /api/tts/voices``).
+    voice: str | None = Field(default=None, max_length=100)
+    #: Format of the turn's audio events (default: the profile's ``speech.audio_format``).
+    audio_format: AudioFormat | None = None
+    #: Audio in parts within a sentence (default: the profile's ``speech.chunked_audio``).
+    chunked_audio: bool | None = None
     stream: bool | None = None
 
     @field_validator("character_id")
@@ -61,6 +73,11 @@ class ChatRequest(BaseModel):
         if v is not None and not CONVERSATION_ID.fullmatch(v):
             raise ValueError("must be 1-128 letters, digits, '_', '-', '.', ':'")
         return v
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        return check_voice_name(v)
 
     @field_validator("model")
     @classmethod
@@ -90,3 +107,4 @@ class ChatRequest(BaseModel):
             return self.message
         assert self.messages is not None
         return self.messages[-1].content
+

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from companion_engine.builtin.sanitizers import FINISH_REASON
 from companion_engine.chat.sse import ClientGone, SSEWriter, timestamp
-from companion_engine.errors import ApiError
+from companion_engine.errors import ApiError, StageError, TurnError
 from companion_engine.llm import LLMError, LLMStream
 from companion_engine.prompting import assemble_prompt
-from companion_engine.stages import Stage
 from companion_engine.store import StoredMessage
 from companion_engine.tokens import estimate_tokens
+from companion_engine.turn import TurnResult
 
 if TYPE_CHECKING:
     from companion_engine.engine import Engine
@@ -46,37 +43,13 @@ if TYPE_CHECKING:
     from companion_engine.turn import Turn
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
-Status = Literal["complete", "interrupted", "error"]
+
+__all__ = ["Emit", "TurnResult", "TurnRunner"]
 
 
-class StageFailure(Exception):
-    """A stage raised mid-turn; ``type`` is the SSE error type."""
-
-    type = "stage_error"
-
-
-def stage_failure(exc: BaseException) -> StageFailure:
-    """Name the stage whose code raised ``exc`` (found on the traceback)."""
-    name = None
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Stage):
-            name = owner.name
-    where = f"stage {name!r}" if name else "a pipeline stage"
-    return StageFailure(f"{where} failed: {type(exc).__name__}: {exc}")
-
-
-@dataclass
-class TurnResult:
-    """What a finished turn produced (also kept in ``turn.stash["result"]``)."""
-
-    status: Status = "complete"
-    content: str = ""
-    usage: dict[str, Any] | None = None
-    timings: dict[str, float | None] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    chunk_count: int = 0
+def engine_failure(exc: BaseException) -> StageError:
+    """An exception no stage owns (a bug in the engine itself), as a turn error."""
+    return StageError(f"the engine failed: {type(exc).__name__}: {exc}")
 
 
 def _ms(start: float, t: float | None) -> float | None:
@@ -95,7 +68,7 @@ class TurnRunner:
         self.store_history = store_history
         self.provider = turn.model
         self.result = TurnResult()
-        self._failure: StageFailure | None = None
+        self._failure: StageError | None = None
         #: While True, a client leaving cancels the turn's task (not once it is finishing).
         self._cancellable = False
         self._emit: Emit
@@ -120,9 +93,9 @@ class TurnRunner:
             await assemble_prompt(self.pipeline, self.turn)
         except ApiError:
             raise
-        except Exception as exc:
-            self._failure = stage_failure(exc)
-            logger.opt(exception=exc).warning("prompt assembly failed: {}", self._failure)
+        except StageError as exc:
+            self._failure = exc
+            logger.opt(exception=exc.__cause__ or exc).warning("prompt assembly failed: {}", exc)
 
     async def stream_to(self, writer: SSEWriter) -> TurnResult:
         """Run the turn writing SSE; a client that leaves cancels it at once."""
@@ -158,7 +131,7 @@ class TurnRunner:
             await self._store_request()
             if self._failure is not None:
                 raise self._failure
-            self._llm = self.engine.llm.stream(turn.messages, turn.model)
+            self._llm = self.engine.llm.stream(turn)
             await self._llm.open()
             await emit("provider_connected", {
                 "provider": self.provider, "type": self._llm.target.type,
@@ -177,11 +150,13 @@ class TurnRunner:
             self.result.status = "interrupted"
             if isinstance(exc, asyncio.CancelledError):
                 raise
-        except (LLMError, StageFailure) as exc:
+        except TurnError as exc:
+            if not isinstance(exc, LLMError):
+                logger.opt(exception=exc.__cause__ or exc).warning("turn failed: {}", exc)
             await self._fail(exc.type, str(exc))
         except Exception as exc:
-            failure = stage_failure(exc)
-            logger.opt(exception=exc).warning("turn failed: {}", failure)
+            failure = engine_failure(exc)
+            logger.opt(exception=exc).error("turn failed: {}", failure)
             await self._fail(failure.type, str(failure))
         finally:
             await self._finish()
@@ -190,20 +165,28 @@ class TurnRunner:
     # --- the token path -------------------------------------------------------------------
 
     async def _pump(self, llm: LLMStream) -> None:
+        pipeline, turn = self.pipeline, self.turn
         chain: AsyncIterator[str] = llm.deltas()
         self._gens.append(chain)
-        for sanitizer in self.pipeline.output:
-            chain = sanitizer.process(chain, self.turn)
-            self._gens.append(chain)
+        for sanitizer in pipeline.output:
+            chain = self._guarded(sanitizer, sanitizer.process(chain, turn))
         tapped = self._tap(chain)
         self._gens.append(tapped)
-        sentences = self.pipeline.splitter.split(tapped, self.turn)
-        self._gens.append(sentences)
+        sentences = self._guarded(pipeline.splitter, pipeline.splitter.split(tapped, turn))
         async for sentence in sentences:
             await self._sentence(sentence)
 
+    def _guarded(self, stage: Any, gen: AsyncIterator[str]) -> AsyncIterator[str]:
+        """A stage's generator, its failures blamed on it; both closed at the end."""
+        guarded = self.pipeline.guard(stage, gen)
+        self._gens += (gen, guarded)
+        return guarded
+
     async def _tap(self, source: AsyncIterator[str]) -> AsyncIterator[str]:
+        turn = self.turn
         async for piece in source:
+            if turn.finish_reason is not None:
+                break  # a stage called turn.stop(): nothing more from the LLM
             if not piece:
                 continue
             if self._first_token_at is None:
@@ -212,6 +195,8 @@ class TurnRunner:
             self._pending = piece
             yield piece
             await self._flush()  # the splitter asks for more: this piece's event goes out
+            if turn.finish_reason is not None:
+                break
         self._source_done = True
 
     async def _sentence(self, sentence: str) -> None:
@@ -291,9 +276,9 @@ class TurnRunner:
     def _done_event(self) -> dict[str, Any]:
         self.result.content = "".join(self._parts)
         self.result.usage = self._usage()
-        self.result.finish_reason = self.turn.stash.get(FINISH_REASON) or (
+        self.result.finish_reason = self.turn.finish_reason or (
             self._llm.finish_reason if self._llm else None)
-        self.result.chunk_count = self._llm.chunk_count if self._llm else 0
+        self.result.chunk_count = self._chunk_index
         return {
             "provider": self.provider, "model": self.turn.model,
             "chunk_count": self.result.chunk_count, "full_content": self.result.content,
@@ -346,7 +331,10 @@ class TurnRunner:
             self.result.content = "".join(self._parts)
         if not self.result.timings:
             self._finish_timings()
-        self.turn.stash["result"] = self.result
+        self.result.chunk_count = self._chunk_index
+        if self.result.finish_reason is None:
+            self.result.finish_reason = self.turn.finish_reason
+        self.turn.result = self.result
         try:
             await asyncio.shield(self._store_reply())
         except Exception as exc:

@@ -53,7 +53,7 @@ async def make_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest) -> Tur
             model = await validate_model(req.model)
         except ModelError as exc:
             raise ApiError(400, str(exc)) from None
-    turn = Turn(
+    return Turn(
         profile=pipeline.profile,
         user_message=req.user_message,
         character=character,
@@ -62,10 +62,11 @@ async def make_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest) -> Tur
         conversation_id=conversation_id,
         model=model,
         engine=engine,
+        greeting_index=req.greeting or 0,
+        voice=req.voice,
+        audio_format=req.audio_format,
+        chunked_audio=req.chunked_audio,
     )
-    if req.greeting is not None:
-        turn.stash["greeting_index"] = req.greeting
-    return turn
 
 
 def resolve_character(engine: Engine, requested: str | None,

@@ -8,11 +8,11 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from companion_engine import hookimpl
-from companion_engine.chat.request import CONVERSATION_ID
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response
+from companion_engine.patterns import CONVERSATION_ID
 from companion_engine.store import Conversation
 
 routes = ApiRoutes()

@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field
 
 from companion_engine import hookimpl
 from companion_engine.chat.request import ChatRequest
+from companion_engine.errors import ApiError, StageError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
-from companion_engine.prompting import HISTORY_STASH, assemble_prompt
+from companion_engine.prompting import assemble_prompt
 from companion_engine.tokens import get_counter
+from companion_engine.turn import LorebookInfo
 
 routes = ApiRoutes()
 
@@ -67,7 +69,7 @@ class PromptPreview(BaseModel):
 
 @routes.post("/api/prompt/preview", body=ChatRequest, response=PromptPreview,
              summary="The assembled prompt and activated lorebook entries, without the LLM",
-             tags=["prompt"], errors=(400, 404, 413, 422))
+             tags=["prompt"], errors=(400, 404, 413, 422, 500))
 async def preview_prompt(request: web.Request) -> web.Response:
     from companion_engine.chat.turns import make_turn  # the chat runner's own turn builder
 
@@ -75,13 +77,17 @@ async def preview_prompt(request: web.Request) -> web.Response:
     req = await read_body(request, ChatRequest)
     async with engine.lease() as pipeline:
         turn = await make_turn(engine, pipeline, req)
-        await assemble_prompt(pipeline, turn)
+        try:
+            await assemble_prompt(pipeline, turn)
+        except StageError as exc:
+            raise ApiError(500, str(exc), detail={"type": exc.type, "stage": exc.stage,
+                                                  "plugin": exc.plugin}) from None
     counter = await get_counter(turn.model or turn.profile.llm.model)
     messages = [PreviewMessage(role=m["role"], content=m["content"],
                                tokens=counter.count_message(m["content"]))
                 for m in turn.messages]
-    lore_stats: dict[str, Any] = turn.stash.get("lorebook", {})
-    history: dict[str, Any] = turn.stash.get(HISTORY_STASH, {})
+    lore = turn.lorebook_info or LorebookInfo()
+    history = turn.history_info
     body = PromptPreview(
         model=turn.model or turn.profile.llm.model,
         character=turn.character.id if turn.character is not None else None,
@@ -93,11 +99,11 @@ async def preview_prompt(request: web.Request) -> web.Response:
                           tokens=x.tokens) for x in turn.lore],
         tokens=PreviewTokens(
             total=sum(m.tokens for m in messages), tokenizer=counter.name, exact=counter.exact,
-            lore=lore_stats.get("tokens", 0), lore_budget=lore_stats.get("token_budget"),
-            lore_overflowed=lore_stats.get("overflowed", False),
-            history=history.get("tokens"), history_budget=history.get("max_tokens"),
-            history_dropped=history.get("dropped", 0)),
-        warnings=lore_stats.get("warnings", []),
+            lore=lore.tokens, lore_budget=lore.token_budget, lore_overflowed=lore.overflowed,
+            history=history.tokens if history else None,
+            history_budget=history.max_tokens if history else None,
+            history_dropped=history.dropped if history else 0),
+        warnings=lore.warnings,
     )
     return json_response(body.model_dump(mode="json"))
 

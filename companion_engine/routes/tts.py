@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -10,11 +9,10 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from companion_engine import hookimpl
-from companion_engine.builtin.tts import VOICE_KEY
-from companion_engine.errors import ApiError
+from companion_engine.errors import ApiError, UnknownVoiceError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
-from companion_engine.speech.espeak import UnknownVoiceError
+from companion_engine.patterns import check_voice_name
 from companion_engine.speech.session import speech_text
 from companion_engine.turn import Turn
 
@@ -22,8 +20,6 @@ routes = ApiRoutes()
 
 #: Longest text one request may speak (AllTalk's limit; OpenAI allows 4096 too).
 MAX_TTS_CHARS = 4096
-#: Voice names across backends: ``en-us+f3``, ``af_bella(2)+af_sky``, ``en_US-lessac-medium``.
-_VOICE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+()\- ]{0,99}")
 
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "opus": "audio/ogg",
                  "aac": "audio/aac", "flac": "audio/flac"}
@@ -48,10 +44,7 @@ class TTSRequest(BaseModel):
     @field_validator("voice")
     @classmethod
     def _voice_name(cls, v: str | None) -> str | None:
-        if v is not None and (not _VOICE.fullmatch(v) or ".." in v):
-            raise ValueError("voice must be a voice name (letters, digits, _ . + ( ) - and "
-                             "spaces), not a path")
-        return v
+        return check_voice_name(v)
 
 
 class Voices(BaseModel):
@@ -72,8 +65,7 @@ async def list_voices(request: web.Request) -> web.Response:
             voices = await tts.voices()
         except Exception as exc:
             raise ApiError(502, f"TTS backend {tts.name!r} could not list voices: {exc}") from None
-        return json_response({"backend": tts.name, "speaks": bool(getattr(tts, "speaks", True)),
-                              "voices": voices})
+        return json_response({"backend": tts.name, "speaks": tts.speaks, "voices": voices})
 
 
 @routes.post("/api/tts", body=TTSRequest, summary="Speak a text",
@@ -86,12 +78,10 @@ async def speak(request: web.Request) -> web.Response:
     body = await read_body(request, TTSRequest)
     async with engine.lease() as pipeline:
         tts = pipeline.tts
-        if not getattr(tts, "speaks", True):
+        if not tts.speaks:
             raise ApiError(409, f"text-to-speech is off: this profile's speech.tts is "
                                 f"{tts.name!r}")
-        turn = Turn(profile=pipeline.profile, user_message="", engine=engine)
-        if body.voice:
-            turn.stash[VOICE_KEY] = body.voice
+        turn = Turn(profile=pipeline.profile, user_message="", engine=engine, voice=body.voice)
         spoken = await speech_text(pipeline, body.text, turn)
         if not spoken:
             raise ApiError(422, "nothing to speak: the text is only markup, emoji or "

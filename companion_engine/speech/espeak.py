@@ -20,6 +20,8 @@ from typing import Any
 
 from loguru import logger
 
+from companion_engine.errors import UnknownVoiceError
+
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INIT_PHONEME_EVENTS = 0x0001
@@ -44,7 +46,7 @@ class EspeakError(RuntimeError):
     """espeak-ng could not load, initialise, find a voice or synthesise."""
 
 
-class UnknownVoiceError(EspeakError, ValueError):
+class UnknownEspeakVoice(EspeakError, UnknownVoiceError):
     """No installed espeak-ng voice has this name."""
 
 
@@ -207,7 +209,7 @@ class Espeak:
             language = ctypes.c_char_p(voice.encode())
             spec.languages = ctypes.cast(language, ctypes.c_void_p)
             if voice not in known or lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
-                raise UnknownVoiceError(f"unknown espeak voice {voice!r}")
+                raise UnknownEspeakVoice(f"unknown espeak voice {voice!r}")
         lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         lib.espeak_SetParameter(_PARAM_VOLUME, volume, 0)
         if pitch is not None:

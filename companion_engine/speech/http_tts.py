@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import aiohttp
 from pydantic import Field
 
-from companion_engine.builtin.tts import voice_for
 from companion_engine.speech.wav import WavError, pcm_to_wav, wav_info
 from companion_engine.stages import Audio, StageOptions, TTSBackend
 
@@ -124,7 +123,7 @@ class OpenAITTS(HttpTTS):
 
     async def synthesize(self, text: str, turn: Turn) -> Audio:
         o = self.options
-        body = {**o.extra, "model": o.model, "input": text, "voice": voice_for(turn, o.voice),
+        body = {**o.extra, "model": o.model, "input": text, "voice": turn.voice or o.voice,
                 "response_format": o.format, "speed": o.speed}
         data, _ = await self.request("POST", "/audio/speech", json=body)
         if o.format == "wav":
@@ -168,7 +167,7 @@ class XttsTTS(HttpTTS):
         o = self.options
         if o.strip_final_period and text.endswith(".") and not text.endswith(".."):
             text = text[:-1]
-        body = {"text": text, "speaker_wav": voice_for(turn, o.speaker), "language": o.language}
+        body = {"text": text, "speaker_wav": turn.voice or o.speaker, "language": o.language}
         data, _ = await self.request("POST", "/tts_to_audio/", json=body)
         return self.wav_audio(data, "/tts_to_audio/")
 
@@ -200,7 +199,7 @@ class PiperTTS(HttpTTS):
 
     async def synthesize(self, text: str, turn: Turn) -> Audio:
         o = self.options
-        voice = voice_for(turn, o.voice or "")
+        voice = turn.voice or o.voice or ""
         body: dict[str, Any] = {"text": text}
         for key, value in (("voice", voice or None), ("speaker", o.speaker),
                            ("speaker_id", o.speaker_id), ("length_scale", o.length_scale),

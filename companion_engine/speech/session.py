@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from companion_engine.errors import StageError
 from companion_engine.speech.wav import WavError, wav_info
 
 if TYPE_CHECKING:
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from companion_engine.turn import Turn
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-#: ``turn.stash`` key: ``{sentence index: [expression tags]}``.
-EXPRESSIONS_KEY = "expressions"
 
 _SPACES = re.compile(r"\s+")
 
@@ -115,7 +113,7 @@ class SpeechSession:
         #: ``time.perf_counter()`` when the first ``audio_ready`` was emitted.
         self.first_audio_at: float | None = None
         self.items: list[SpeechItem] = []
-        self._speaks = bool(getattr(pipeline.tts, "speaks", True))
+        self._speaks = pipeline.tts.speaks
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._ready: asyncio.Queue[SpeechItem | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(pipeline.profile.speech.concurrency)
@@ -127,10 +125,6 @@ class SpeechSession:
         self._sender: asyncio.Task[None] | None = None
         self._finishing = False
         self._closed = False
-        self._extract = next(
-            (c.extract_expressions for c in pipeline.cleaners
-             if callable(getattr(c, "extract_expressions", None))), None)
-        turn.stash.setdefault(EXPRESSIONS_KEY, {})
 
     # --- the runner's side ------------------------------------------------------------------
 
@@ -138,10 +132,9 @@ class SpeechSession:
         """Queue one sentence; returns its index. Never blocks."""
         index = len(self.items)
         item = SpeechItem(index, sentence, time.perf_counter())
-        if self._extract is not None:
-            item.expressions = list(self._extract(sentence))
-            if item.expressions:
-                self.turn.stash[EXPRESSIONS_KEY][index] = item.expressions
+        item.expressions = self._expressions(sentence)
+        if item.expressions:
+            self.turn.expressions[index] = item.expressions
         self.items.append(item)
         if self._closed or self._finishing:
             logger.debug("speech session closed; sentence {} not spoken", index)
@@ -153,6 +146,14 @@ class SpeechSession:
             self._sender = self._spawn(self._send(), "speech-send")
         self._inbox.put_nowait(decoded(sentence))
         return index
+
+    def _expressions(self, sentence: str) -> list[str]:
+        """Tags every cleaner finds in the displayed sentence, in order, once each."""
+        found: list[str] = []
+        for cleaner in self.pipeline.cleaners:
+            found.extend(tag for tag in cleaner.extract_expressions(sentence)
+                         if tag not in found)
+        return found
 
     def expressions(self, index: int) -> list[str]:
         """Expression tags (``[joy]`` -> ``"joy"``) found in sentence ``index``."""
@@ -227,6 +228,8 @@ class SpeechSession:
         for cleaner in self.pipeline.cleaners:
             stream = cleaner.process(stream, self.turn)
             chain.append(stream)
+            stream = self.pipeline.guard(cleaner, stream)
+            chain.append(stream)
         try:
             async for spoken in stream:
                 if self._out is None:
@@ -238,8 +241,8 @@ class SpeechSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("speech cleaner failed")
-            reason = f"speech cleaner failed: {type(exc).__name__}: {exc}"
+            logger.opt(exception=exc.__cause__ or exc).warning("speech cleaner failed: {}", exc)
+            reason = f"speech cleaner failed: {exc}"
             self._out = None
             for item in self.items[self._settled:]:
                 item.error = reason
@@ -275,8 +278,13 @@ class SpeechSession:
         assert item.spoken is not None
         async with self._slots:
             item.synth_started_at = time.perf_counter()
+            tts = self.pipeline.tts
             try:
-                return await self.pipeline.tts.synthesize(item.spoken, self.turn)
+                return await tts.synthesize(item.spoken, self.turn)
+            except (asyncio.CancelledError, StageError):
+                raise
+            except Exception as exc:
+                raise self.pipeline.blame(tts, exc) from exc
             finally:
                 item.synth_done_at = time.perf_counter()
 
