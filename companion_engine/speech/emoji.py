@@ -34,3 +34,29 @@ def is_emoji(ch: str) -> bool:
 def strip_emoji(text: str) -> str:
     """``text`` without emoji (keycaps included); the spaces around them collapse later."""
     return EMOJI_RUN.sub(" ", KEYCAP.sub(" ", text))
+
+
+# --- emoticons and kaomoji ----------------------------------------------------------------------
+
+#: ASCII emoticons and kaomoji, as whole tokens: ``:)`` ``;-)`` ``:D`` ``xD`` ``<3`` ``^_^``
+#: ``-_-`` ``o_O`` ``T_T`` ``(＾▽＾)`` ``(´・ω・`)`` ``¯\_(ツ)_/¯``.
+EMOTICON = (
+    r"(?:>?[:;=][-'^o]?[)(\]\[DPpOo03/\\|*>$@]{1,3}"
+    r"|[xX][Dd]{1,3}|</?3{1,3}"
+    r"|\^[_\-.o]{0,3}\^[;']?"
+    r"|[-oO>][_.]{1,2}[-oO<]|[Tt;][_.]{1,2}[Tt;]"
+    r"|[(（][^\s()（）A-Za-z0-9]{1,15}[)）][^\s\w]{0,3}"
+    r"|¯\\_\(ツ\)_/¯)"
+)
+_EMOTICON_TOKEN = re.compile(rf"(?<!\S){EMOTICON}(?!\S)")
+
+
+def strip_emoticons(text: str) -> str:
+    """``text`` without standalone emoticons and kaomoji (so no voice says "colon paren")."""
+    return _EMOTICON_TOKEN.sub(" ", text) if any(c in text for c in ":;=^()（<-_xXoOTt¯") \
+        else text
+
+
+def strip_emoji_and_emoticons(text: str) -> str:
+    """Both, kaomoji first (their ▽ and ◕ are emoji-block characters)."""
+    return strip_emoji(strip_emoticons(text))

@@ -36,14 +36,23 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from companion_engine.speech.emoji import is_emoji
+import regex
 
-TERMINALS = frozenset(".!?…。！？")
-CJK_TERMINALS = frozenset("。！？")
+from companion_engine.speech.emoji import EMOTICON, is_emoji
+
+#: Marks that end a sentence on their own: CJK, Devanagari danda, Arabic/Urdu, Ethiopic,
+#: Myanmar, Armenian, Khmer; never followed by a continuation that changes the decision.
+HARD_TERMINALS = frozenset("。！？｡।॥؟۔።။։។៕")
+TERMINALS = frozenset(".!?…‽⁇⁈⁉") | HARD_TERMINALS
+CJK_TERMINALS = HARD_TERMINALS
 CLAUSE_MARKS = frozenset(",;:—，、；：")
 #: Clause marks that need a space (or end) after them to count.
 ASCII_CLAUSE = frozenset(",;:")
 CLOSERS = frozenset("\"')]}”’»›」』》）】〉*")
+#: Closers French typography sets off with a space: ``« Bonjour ! » dit-il``.
+SPACED_CLOSERS = frozenset("»›")
+#: Spaces French typography uses before ``! ? ; :`` and inside guillemets.
+_FRENCH_SPACES = " \u00a0\u202f"
 OPENERS = frozenset("\"'([{“‘«‹「『《（【〈*_")
 #: Glued to a ``.``, these continue the token (URLs, e-mails, paths, versions).
 CONTINUES_TOKEN = frozenset("/:-@_%#\\&=?~+$")
@@ -54,6 +63,7 @@ VOID_ELEMENTS = frozenset(
 NEVER_FINAL = frozenset("""
 mr mrs ms mx dr prof rev hon gen col capt cpt lt sgt maj adm cmdr gov sen rep pres supt
 insp det fr br messrs mme mlle mt st ft e.g i.e cf viz vs v approx ca al ibid resp
+bzw vgl ggf evtl inkl zzgl bspw sog hrsg sra srta dra ud uds
 """.split())
 #: Abbreviations that do not end a sentence before a number (No. 5, Fig. 3, p. 12).
 BEFORE_NUMBER = frozenset("no nos nr fig figs vol vols p pp ch chap sec art op ed eq par".split())
@@ -62,6 +72,7 @@ AMBIGUOUS = frozenset("""
 etc inc ltd co corp llc plc jr sr esq bros dept univ est min max hr hrs sec mins secs
 jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun
 a.m p.m u.s u.k u.n e.u ph.d b.a m.a b.sc m.sc d.c l.a n.y a.d b.c
+usw str mio mrd jh tel
 """.split())
 #: Words that usually start a sentence (decide the ambiguous abbreviations).
 STARTERS = frozenset("""
@@ -70,20 +81,33 @@ however also now my our your his her its their what when where why how who if in
 after before yes no oh well let let's please thanks thank maybe perhaps sure okay ok hi
 hello hey do does did is are was were can could would should will don't it's that's
 there's what's here here's meanwhile still yet anyway besides finally first next
+ich du er sie es wir ihr das der die dann aber und ja nein danke je tu il elle nous vous
+ils elles le la les mais et oui non merci yo él ella pero sí gracias el los las
+я ты он она мы вы они но и да нет спасибо это
+""".split())
+#: Month names after a day number: ``am 3. Oktober`` is a date, not a sentence end.
+MONTHS = frozenset("""
+januar jänner februar märz april mai juni juli august september oktober november dezember
+january february march may june july october december
 """.split())
 
-_SPECIAL = re.compile(r"[.!?…。！？\n,;:—，、；：`\[\]()<>]")
+_SPECIAL = re.compile(r"[.!?…‽⁇⁈⁉。！？｡।॥؟۔።။։។៕\n,;:—，、；：`\[\]()<>]"
+                      r"|(?<=[\u0e00-\u0eff]) ")
+#: Thai and Lao write no sentence marks: a space between two of their letters ends a phrase.
+_SPACE_SCRIPT = re.compile(r"[\u0e00-\u0eff]")
 _OPEN_TAG = re.compile(r"<([A-Za-z][\w:-]*)(?:\s[^<>]*)?>", re.S)
 _CLOSE_TAG = re.compile(r"</([A-Za-z][\w:-]*)\s*>")
-_DOTTED = re.compile(r"(?:[a-z]\.)+[a-z]")
+_DOTTED = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 _WORD = re.compile(r"[\w'’-]*")
 _CUT_CLAUSE = re.compile(r"[,;:—，、；：][\"')\]}”’»›」』》）】〉]*(?=\s)|[，、；：—]")
 
 NEED_MORE = -1
 #: Clause marks that may end the first fragment without waiting for the next character
 #: (when no number precedes them and no quote or bracket is open).
-_NO_LOOKAHEAD = frozenset(",;—，、；")
+_NO_LOOKAHEAD = frozenset(",—，、；")  # not ";": it may start ;) or ;-)
 _ENTITY_END = re.compile(r"&#?\w{1,10};$")
+_EMOTICON = regex.compile(EMOTICON)
+_WS = re.compile(r"\s")
 _PAIRS = (("(", ")"), ("[", "]"), ("“", "”"), ("「", "」"), ("『", "』"), ("«", "»"),
           ("（", "）"), ("‘", "’"))
 
@@ -232,6 +256,9 @@ class SentenceScanner:
             run = self._run(i, "`")
             if i + run == len(buf) and not final:
                 return NEED_MORE
+            after = buf[i + run] if i + run < len(buf) else ""
+            if run == 1 and (not after or after.isspace() or after in ")）"):
+                return i + 1  # a stray mark, or the eye of a kaomoji: (´・ω・`)
             if run >= 3 and self._at_line_start(i):
                 self.fence = True
             else:
@@ -250,6 +277,8 @@ class SentenceScanner:
             return self._newline(i)
         if c in TERMINALS:
             return self._terminal(i, final)
+        if c == " ":
+            return self._script_space(i, final)
         if c in CLAUSE_MARKS and self.count == 0 and self.o.fast_first_fragment:
             return self._clause(i, final)
         return i + 1
@@ -296,16 +325,38 @@ class SentenceScanner:
         self._boundary(i, i + 1)
         return i + 1
 
+    def _script_space(self, i: int, final: bool) -> int:
+        """A space after a Thai or Lao letter: a phrase ends when another such letter follows."""
+        if i + 1 >= len(self.buf):
+            return i + 1 if final else NEED_MORE
+        if _SPACE_SCRIPT.match(self.buf[i + 1]):
+            self._boundary(i, i + 1)
+        return i + 1
+
     def _terminal(self, i: int, final: bool) -> int:
         buf, n = self.buf, len(self.buf)
+        if buf[i] in "。｡" and i > 0 and (buf[i - 1] in OPENERS or buf[i - 1] in "(（"
+                                         or unicodedata.category(buf[i - 1])[0] == "S"):
+            return i + 1  # an eye of a kaomoji: (。◕‿◕。)
         j = i
-        while j < n and (buf[j] in TERMINALS or buf[j] in CLOSERS):
-            j += 1
+        while True:
+            while j < n and (buf[j] in TERMINALS or buf[j] in CLOSERS or buf[j] == "«"):
+                j += 1  # glued « closes German »quotes«
+            s = j
+            while s < n and buf[s] in _FRENCH_SPACES:
+                s += 1
+            if s > j and s < n and buf[s] in SPACED_CLOSERS:  # « Bonjour ! » dit-il
+                if s + 1 >= n and not final:
+                    return NEED_MORE
+                if s + 1 >= n or not buf[s + 1].isalnum():  # not German »opening
+                    j = s + 1
+                    continue
+            break
         if j == n and not final:
             return NEED_MORE
         end = j
         k = j
-        while True:  # absorb emoji after the mark ("Great! 😊 Let's go")
+        while True:  # absorb emoji and emoticons after the mark ("Great! 😊 Let's go")
             while k < n and buf[k] in " \t":
                 k += 1
             if k < n and is_emoji(buf[k]):
@@ -313,6 +364,13 @@ class SentenceScanner:
                     k += 1
                 end = k
                 continue
+            if k < n:
+                e = self._emoticon(k, final)
+                if e == NEED_MORE:
+                    return NEED_MORE
+                if e:
+                    end = k = e
+                    continue
             break
         while k < n and buf[k].isspace():
             k += 1
@@ -325,6 +383,20 @@ class SentenceScanner:
             self._boundary(end, k)
             return k
         return j
+
+    def _emoticon(self, k: int, final: bool) -> int:
+        """End of the emoticon or kaomoji token at ``k`` (``:)``, ``^_^``), 0, or NEED_MORE."""
+        buf = self.buf
+        if buf[k] not in ":;=^(（<-_xXoOTt>¯":
+            return 0
+        m = _WS.search(buf, k)
+        end = m.start() if m else len(buf)
+        token = buf[k:end]
+        if len(token) > 24:
+            return 0
+        if m is None and not final:
+            return NEED_MORE if _EMOTICON.fullmatch(token, partial=True) else 0
+        return end if _EMOTICON.fullmatch(token) else 0
 
     def _decide(self, i: int, j: int, k: int, final: bool) -> int:
         """1 to end the sentence at the marks ``buf[i:j]``, 0 not to, or NEED_MORE."""
@@ -375,6 +447,20 @@ class SentenceScanner:
             return 0 if nxt.isdigit() or nxt == "#" else 1
         if word.isdigit() and self._at_line_start(i - len(word)):
             return 0  # "1. First item"
+        n = len(self.buf)
+        if len(word) == 1 and word.isalpha():
+            # A chain of one-letter abbreviations: z. B., d. h., т. е., J. R. R.
+            if k + 1 >= n and not final:
+                return NEED_MORE
+            if nxt.isalpha() and k + 1 < n and self.buf[k + 1] == ".":
+                return 0
+        if word.isdigit() and int(word) <= 31:  # am 3. Oktober
+            m = _WORD.match(self.buf, k)
+            assert m is not None
+            if m.end() == n and not final:
+                return NEED_MORE
+            if m.group().lower() in MONTHS:
+                return 0
         if lower in AMBIGUOUS or _DOTTED.fullmatch(lower) or (len(word) == 1 and word.isupper()):
             m = _WORD.match(self.buf, k)
             assert m is not None
