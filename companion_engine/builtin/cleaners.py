@@ -1,4 +1,4 @@
-"""Built-in speech cleaners: ``expressions``, ``actions``, ``markdown``, ``emoji``.
+"""Built-in speech cleaners: ``expressions``, ``actions``, ``markdown``, ``emoji``, ``normalize``.
 
 Each sees one display sentence per item and yields exactly one speech string
 per sentence (empty: nothing to say). They only change what is *spoken*; the
@@ -14,7 +14,8 @@ from pydantic import Field
 
 from companion_engine import hookimpl
 from companion_engine.speech.cleaners import ActionFilter, MarkdownFilter, extract_expressions
-from companion_engine.speech.emoji import strip_emoji
+from companion_engine.speech.emoji import strip_emoji_and_emoticons
+from companion_engine.speech.normalize import normalize_en
 from companion_engine.stages import Sanitizer, StageOptions
 
 if TYPE_CHECKING:
@@ -89,15 +90,27 @@ class Markdown(SentenceCleaner):
 
 
 class Emoji(SentenceCleaner):
-    """Removes emoji so they are not read out by name."""
+    """Removes emoji, emoticons and kaomoji so they are not read out by name."""
 
     name: ClassVar[str] = "emoji"
-    description: ClassVar[str] = "remove emoji from speech"
+    description: ClassVar[str] = "remove emoji, :) emoticons and (^_^) kaomoji from speech"
 
     def make_filter(self) -> Callable[[str], str]:
-        return strip_emoji
+        return strip_emoji_and_emoticons
+
+
+class Normalize(SentenceCleaner):
+    """English numbers, money, times, dates and units as words ("$29.50" -> "twenty-nine
+    dollars fifty"). For another language, register a cleaner of your own and list it
+    instead (see docs/voice.md)."""
+
+    name: ClassVar[str] = "normalize"
+    description: ClassVar[str] = "say numbers, money, times, dates and units as English words"
+
+    def make_filter(self) -> Callable[[str], str]:
+        return normalize_en
 
 
 @hookimpl
 def register_sanitizers() -> list[type[Sanitizer]]:
-    return [Expressions, Actions, Markdown, Emoji]
+    return [Expressions, Actions, Markdown, Emoji, Normalize]
