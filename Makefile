@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,piper,audio]'
 	@touch $(STAMP)
 
-## serve the companion on http://127.0.0.1:3000 (SQLite store, espeak-ng voice)
+## serve the companion on http://127.0.0.1:3000 (SQLite store, the Piper voice, espeak-ng fallback)
 run: $(STAMP)
 	$(BIN)/companion serve
 

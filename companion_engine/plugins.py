@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.builtin.splitters",
     "companion_engine.builtin.cleaners",
     "companion_engine.builtin.tts",
+    "companion_engine.builtin.piper",
     "companion_engine.routes.system",
     "companion_engine.routes.characters",
     "companion_engine.routes.chat",

@@ -53,7 +53,7 @@ def test_shipped_config_and_profile_are_valid(tmp_path: Path) -> None:
     assert profile.llm.model == "ollama_chat/llama3.2"
     assert [s.name for s in profile.prompt][:3] == ["system_prompt", "first_message", "lorebook"]
     assert profile.prompt[2].options["token_budget"] == 800
-    assert profile.speech.tts.name == "espeak"
+    assert profile.speech.tts.name == "piper_local"
     assert profile.speech.splitter.options["first_fragment_min_chars"] == 20
 
 
