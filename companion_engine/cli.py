@@ -186,7 +186,24 @@ async def _listen_and_wait(runner: Any, config: Any) -> None:
             if engine.reloader is not None:
                 engine.reloader.request("SIGHUP")
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stop.wait()
+    check = loop.create_task(_warn_if_llm_unreachable(engine))
+    try:
+        await stop.wait()
+    finally:
+        check.cancel()
+        await asyncio.gather(check, return_exceptions=True)
+
+
+async def _warn_if_llm_unreachable(engine: Any) -> None:
+    """One warning beside the ``ready`` line when the provider does not answer (the same
+    probe ``/health`` uses, so its cache is warm for the first health check)."""
+    from loguru import logger
+
+    from companion_engine.routes.system import llm_problem, provider_health
+
+    problem = llm_problem(await provider_health(engine))
+    if problem is not None:
+        logger.warning("{} (/health says degraded)", problem)
 
 
 # --- check -----------------------------------------------------------------------------------

@@ -35,7 +35,10 @@ async def test_root(make_client) -> None:  # type: ignore[no-untyped-def]
 async def test_health_reports_llm_tts_and_config(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client()
     body = await (await client.get("/health")).json()
-    assert body["status"] == "healthy"
+    assert body["status"] == "degraded"  # the test profile's LLM (127.0.0.1:9) never answers
+    assert [r["component"] for r in body["reasons"]] == ["llm"]
+    assert body["llm"]["error"].startswith("cannot reach http://127.0.0.1:9/v1/models")
+    del body["llm"]["error"]
     assert body["llm"] == {"provider": "openai/test-model", "connected": False, "type": "local"}
     assert body["tts"]["engine"] == "none"
     assert body["config"]["generation"] == 1 and body["config"]["last_error"] is None
@@ -178,7 +181,9 @@ async def test_health_sees_a_reachable_provider(make_client) -> None:  # type: i
                             ("ollama_chat/llama3.2", server.ollama_base)):
             client = await make_client(profile={"llm": {"model": model, "api_base": base}})
             body = await (await client.get("/health")).json()
-            assert body["llm"] == {"provider": model, "connected": True, "type": "local"}
+            assert body["llm"] == {"provider": model, "connected": True, "type": "local",
+                                   "error": None}
+            assert body["status"] == "healthy" and body["reasons"] == []
             await client.close()
     finally:
         await server.close()

@@ -106,7 +106,7 @@ def test_serve_starts_and_logs_ready_line(tmp_path: Path) -> None:
                     break
             except OSError:
                 time.sleep(0.05)
-        assert body is not None and body["status"] == "healthy"
+        assert body is not None and body["status"] == "degraded"  # its LLM never answers
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
@@ -115,6 +115,12 @@ def test_serve_starts_and_logs_ready_line(tmp_path: Path) -> None:
     assert ready, err
     assert f"http://127.0.0.1:{port}" in ready[0]
     assert "profile=default" in ready[0] and "llm=openai/test" in ready[0]
+    # Issue 19.7: start-up says so, one line beside the ready line.
+    lines = err.splitlines()
+    at = lines.index(ready[0])
+    warning = [line for line in lines[at:at + 3] if "WARNING" in line]
+    assert warning and "LLM provider for openai/test is unreachable" in warning[0], err
+    assert "cannot reach http://127.0.0.1:9/v1/models" in warning[0]
 
 
 def test_serve_refuses_bad_config_cleanly(tmp_path: Path) -> None:

@@ -109,12 +109,14 @@ async def test_yaml_syntax_error_keeps_running_pipeline_then_valid_edit_recovers
     assert "default.yaml:" in status["last_error"] and "YAML syntax error" in status["last_error"]
     health = await (await client.get("/health")).json()
     assert health["status"] == "degraded"
+    assert "config" in [r["component"] for r in health["reasons"]]
     assert label_of(client) == "A"  # still serving the old profile
 
     save_yaml(profile_file(cfg), probe_profile("B"))
     status = await wait_generation(client, 2)
     assert status["last_error"] is None
-    assert (await (await client.get("/health")).json())["status"] == "healthy"
+    health = await (await client.get("/health")).json()
+    assert [r["component"] for r in health["reasons"]] == ["llm"]  # no LLM in this test
     assert label_of(client) == "B"
 
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,25 @@ class RootInfo(Open):
 
 class LLMHealth(Open):
     provider: str
+    #: False while the provider does not answer (or cannot be probed: see ``error``).
     connected: bool
     type: str
+    #: Why it is not connected (``None`` when it is).
+    error: str | None = None
+
+
+class HealthReason(BaseModel):
+    #: What is degraded: ``llm`` (the provider does not answer) or ``config`` (a reload
+    #: was rejected; the previous config is still running).
+    component: str
+    reason: str
 
 
 class Health(Open):
+    #: ``healthy``, or ``degraded`` while anything in ``reasons`` holds.
     status: str
     version: str
+    reasons: list[HealthReason]
     llm: LLMHealth
     tts: dict[str, Any]
     config: dict[str, Any]
@@ -84,18 +98,64 @@ async def root(request: web.Request) -> web.Response:
 # --- provider reachability (cached: /health must stay fast) -----------------------------------
 
 HEALTH_TTL_S = 5.0
+#: ``llm.error`` of a provider with no listing endpoint to probe: unknown, not degraded.
+NOT_PROBED = "this provider cannot be probed (it lists no models)"
+
+
+@dataclass(slots=True)
+class _Probe:
+    at: float
+    connected: bool
+    error: str | None
 
 
 async def provider_health(engine: Engine) -> dict[str, Any]:
-    """``{provider, connected, type}`` of the active model, probed at most every 5 s."""
+    """``{provider, connected, type, error}`` of the active model, probed at most every
+    ``HEALTH_TTL_S``; concurrent callers share one probe in flight."""
     target = engine.llm.target()
-    cache = engine.stash.setdefault("health_probe", {})
+    cache: dict[str, _Probe] = engine.stash.setdefault("health_probe", {})
+    inflight: dict[str, asyncio.Future[_Probe]] = engine.stash.setdefault(
+        "health_probe_inflight", {})
     hit = cache.get(target.model)
-    if hit is None or time.monotonic() - hit[0] > HEALTH_TTL_S:
-        status = await engine.llm.probe_model(target.model)
-        connected = bool(status and status.connected)
-        hit = cache[target.model] = (time.monotonic(), connected)
-    return {"provider": engine.active_model, "connected": hit[1], "type": target.type}
+    if hit is None or time.monotonic() - hit.at > HEALTH_TTL_S:
+        future = inflight.get(target.model)
+        if future is None:
+            future = inflight[target.model] = asyncio.ensure_future(
+                _probe(engine, target.model))
+            future.add_done_callback(lambda _f, m=target.model: inflight.pop(m, None))
+        hit = cache[target.model] = await asyncio.shield(future)
+    return {"provider": engine.active_model, "connected": hit.connected, "type": target.type,
+            "error": hit.error}
+
+
+async def _probe(engine: Engine, model: str) -> _Probe:
+    status = await engine.llm.probe_model(model)
+    if status is None:
+        return _Probe(time.monotonic(), False, NOT_PROBED)
+    return _Probe(time.monotonic(), status.connected, None if status.connected else (
+        status.error or "the provider did not answer"))
+
+
+def llm_problem(llm: dict[str, Any]) -> str | None:
+    """Why chats cannot work right now, from ``provider_health`` (None: they can, or the
+    provider cannot be probed and so is not blamed)."""
+    if llm["connected"] or not llm["error"] or llm["error"] == NOT_PROBED:
+        return None
+    return (f"LLM provider for {llm['provider']} is unreachable: {llm['error']}; chats fail "
+            "until it answers")
+
+
+def health_reasons(llm: dict[str, Any], last_error: str | None) -> list[dict[str, str]]:
+    """What makes the service degraded right now (empty: healthy)."""
+    reasons = []
+    problem = llm_problem(llm)
+    if problem is not None:
+        reasons.append({"component": "llm", "reason": problem})
+    if last_error is not None:
+        first = last_error.strip().splitlines()[0] if last_error.strip() else last_error
+        reasons.append({"component": "config", "reason": f"the last reload was rejected "
+                        f"(still running the previous config): {first}"})
+    return reasons
 
 
 @routes.get("/health", response=Health, summary="Health, LLM reachability and reload status",
@@ -104,10 +164,13 @@ async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     tts = engine.pipeline.tts
     status = engine.reload_status
+    llm = await provider_health(engine)
+    reasons = health_reasons(llm, status.last_error)
     return json_response({
-        "status": "healthy" if status.last_error is None else "degraded",
+        "status": "degraded" if reasons else "healthy",
         "version": __version__,
-        "llm": await provider_health(engine),
+        "reasons": reasons,
+        "llm": llm,
         "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled},
         "config": status.as_dict(),
         "timestamp": now_iso(),
