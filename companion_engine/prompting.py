@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from companion_engine.cards.macros import substitute
+from companion_engine.cards.macros import evaluate, macro_context
 from companion_engine.errors import ApiError
 from companion_engine.stages import LorebookInjector
 
@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 
 def expand(turn: Turn, text: str) -> str:
-    """Card text ready for the prompt: ``\\r\\n`` normalised, ``{{char}}``/``{{user}}`` expanded."""
-    return substitute(text.replace("\r\n", "\n"), turn.char_name, turn.user_name)
+    """Card text ready for the prompt: ``\\r\\n`` normalised, every macro expanded."""
+    text = text.replace("\r\n", "\n")
+    if "{" not in text and "<" not in text:
+        return text
+    return evaluate(text, macro_context(turn))
 
 
 async def assemble_prompt(pipeline: Pipeline, turn: Turn) -> None:

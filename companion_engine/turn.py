@@ -8,6 +8,7 @@ Everything one stage tells another travels in a typed field of ``Turn``:
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -136,6 +137,15 @@ class Turn:
     #: A plugin's private per-turn scratch space (use a key named after your stage).
     stash: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.perf_counter)
+    #: When the user wrote the message before this one (epoch seconds), for
+    #: ``{{idle_duration}}``; None when unknown (client-managed history).
+    last_user_at: float | None = None
+    #: Random numbers of this turn's prompt (``{{random}}``, ``{{roll}}``); created on
+    #: first use, seeded when the turn's LLM settings carry a ``seed``.
+    rng: random.Random | None = None
+    #: ``{{pick}}``'s seed; None: the hash of ``conversation_id`` (a branch keeps its
+    #: origin's).
+    chat_id_hash: int | None = None
     #: The user's message of this turn as one message object: a history builder places
     #: exactly this object; if no stage does, it is appended last.
     user_entry: Message = field(init=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -365,8 +366,12 @@ def test_indexed_matching_equals_reference(keys: list[str], parts: list[str],
     lore = compile_entries([entry(k, id=i) for i, k in enumerate(keys)],
                            case_sensitive=case_sensitive, match_whole_words=whole)
     line = "User: " + "".join(parts)
-    result = scan(lore, [line], ScanOptions(recursive=False, token_budget=10**6),
-                  count=estimate_tokens)
+    # No regex time budget here: on a loaded machine it would skip keys, and this
+    # test is about what matches (test_regex_time_budget_caps_a_turn tests the budget).
+    scan_module = importlib.import_module("companion_engine.lorebook.scan")
+    with mock.patch.object(scan_module, "REGEX_SCAN_BUDGET_S", float("inf")):
+        result = scan(lore, [line], ScanOptions(recursive=False, token_budget=10**6),
+                      count=estimate_tokens)
     buffer = "\x01" + line.strip()
     expected = [i for i, k in enumerate(keys)
                 if st_match(buffer, k, case_sensitive=case_sensitive, whole_words=whole)]

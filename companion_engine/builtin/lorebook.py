@@ -32,6 +32,7 @@ from companion_engine.lorebook import (
     place,
     scan,
 )
+from companion_engine.prompting import expand
 from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
 from companion_engine.turn import LoreActivation, LorebookInfo, Turn
@@ -142,7 +143,8 @@ class LorebookStage(LorebookInjector):
         chat = chat_for_scan(scan_messages(turn, self.opts.include_names))
         rng = random.Random(self.opts.seed) if self.opts.seed is not None else None
         run = functools.partial(scan, lore, chat, opts, count=counter.count,
-                                char=turn.char_name, user=turn.user_name, rng=rng)
+                                char=turn.char_name, user=turn.user_name, rng=rng,
+                                expand=functools.partial(expand, turn))
         # Big books scan off the event loop: their regex keys may take a while.
         result = await asyncio.to_thread(run) if len(lore.entries) > THREAD_COMPILE_ENTRIES \
             else run()

@@ -53,7 +53,7 @@ async def make_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest) -> Tur
             model = await validate_model(req.model)
         except ModelError as exc:
             raise ApiError(400, str(exc)) from None
-    return Turn(
+    turn = Turn(
         profile=pipeline.profile,
         user_message=req.user_message,
         character=character,
@@ -67,6 +67,10 @@ async def make_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest) -> Tur
         audio_format=req.audio_format,
         chunked_audio=req.chunked_audio,
     )
+    if conversation is not None:  # for {{idle_duration}}
+        turn.last_user_at = next((m.created_at for m in reversed(conversation.messages)
+                                  if m.role == "user"), None)
+    return turn
 
 
 def resolve_character(engine: Engine, requested: str | None,

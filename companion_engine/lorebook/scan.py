@@ -203,9 +203,17 @@ class _Scanner:
 
 def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
          count: Callable[[str], int], char: str = "", user: str = "",
-         rng: random.Random | None = None) -> ScanResult:
-    """Run the World Info passes over ``chat`` (scan lines, newest first)."""
+         rng: random.Random | None = None,
+         expand: Callable[[str], str] | None = None) -> ScanResult:
+    """Run the World Info passes over ``chat`` (scan lines, newest first).
+
+    ``expand`` expands the macros of an activated entry's content (default: only
+    ``{{char}}``/``{{user}}``), as SillyTavern does before counting its tokens.
+    """
     s = _Scanner(lore, chat, opts, count, rng or random.Random(), char, user)
+    if expand is None:
+        def expand(text: str) -> str:
+            return substitute(text, char, user)
     result = ScanResult()
     entries = lore.entries
     activated: dict[int, Activation] = {}
@@ -252,7 +260,7 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
                 if s.rng.random() * 100 > entry.probability:
                     failed.add(rank)
                     continue
-            content = substitute(entry.content, char, user)
+            content = expand(entry.content)
             tokens = count(content + "\n")
             if not opts.spec and prev_tokens + running + tokens >= opts.token_budget:
                 result.overflowed = True
