@@ -7,17 +7,29 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from companion_engine.cards import png
 from companion_engine.cards.export import card_data
 from companion_engine.cards.model import Character
-from tests.conftest import CARDS
+from tests.conftest import CARDS, SHARED_MISSING
 
 #: Files in ../shared/research/cards that are character cards (the rest are not).
 NOT_CARDS = {"SHA256SUMS", "eldoria.st-worldinfo.json"}
 
 
 def card_files() -> list[Path]:
+    """The real public card files, in a test's body; skips the test without ../shared."""
+    if not CARDS.is_dir():
+        pytest.skip(SHARED_MISSING)
     return sorted(p for p in CARDS.iterdir() if p.name not in NOT_CARDS)
+
+
+def card_params() -> list[Any]:
+    """The real public card files for ``parametrize``; one skipped placeholder without them."""
+    if not CARDS.is_dir():
+        return [pytest.param(CARDS / "absent", marks=pytest.mark.skip(reason=SHARED_MISSING))]
+    return card_files()
 
 
 def v2(name: str = "Tester", **fields: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from companion_engine.testing import LLMTestServer
-from tests.conftest import CARDS
+from tests.conftest import shared_card
 
 Event = tuple[str, dict[str, Any]]
 
@@ -53,7 +53,7 @@ def add_card(root: Path, name: str = "seraphina.v2.chara.json") -> str:
     """Copy a real public card into a test's (temporary) characters folder; return its id."""
     card_id = name.split(".")[0]
     (root / "characters").mkdir(parents=True, exist_ok=True)
-    shutil.copy(CARDS / name, root / "characters" / f"{card_id}.json")
+    shutil.copy(shared_card(name), root / "characters" / f"{card_id}.json")
     return card_id
 
 

@@ -17,6 +17,10 @@ os.environ.setdefault("COMPANION_LOAD_PLUGINS", "")
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+# LiteLLM is imported here, once, rather than by the first app in a background thread: that
+# thread would still be filling sys.modules while later tests run, and hypothesis iterates
+# sys.modules ("dictionary changed size during iteration").
+import litellm  # noqa: F401
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import settings
@@ -53,9 +57,23 @@ def make_client(companion_client: MakeClient) -> MakeClient:
     return companion_client
 
 
+#: Small cards written for this suite, one per format (a fresh clone has these).
+OWN_CARDS = REPO / "tests" / "data" / "cards"
+SHARED_MISSING = (f"the real public cards are not here ({CARDS}): the team's shared folder "
+                  "is not beside the repository (set COMPANION_SHARED_DIR to use one elsewhere)")
+
+
+def shared_card(name: str) -> Path:
+    """One of the real public cards in ../shared/research/cards; skips the test without it."""
+    path = CARDS / name
+    if not path.is_file():
+        pytest.skip(SHARED_MISSING)
+    return path
+
+
 @pytest.fixture
 def cards_dir() -> Path:
     """The real public cards in ../shared/research/cards (read-only)."""
     if not CARDS.is_dir():
-        pytest.skip(f"{CARDS} not found")
+        pytest.skip(SHARED_MISSING)
     return CARDS

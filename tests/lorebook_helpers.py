@@ -22,12 +22,12 @@ from companion_engine.lorebook import (
 from companion_engine.pipeline import Pipeline
 from companion_engine.plugins import PluginHost
 from companion_engine.tokens import estimate_tokens
-from tests.conftest import CARDS
+from tests.conftest import shared_card
 
 
 def card(filename: str) -> Character:
     """A real public card from ``../shared/research/cards``."""
-    data = json.loads((CARDS / filename).read_text(encoding="utf-8"))
+    data = json.loads(shared_card(filename).read_text(encoding="utf-8"))
     return card_from_object(data, container="json").character
 
 

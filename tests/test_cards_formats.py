@@ -14,17 +14,18 @@ from companion_engine.cards import png
 from companion_engine.cards.errors import CardError
 from companion_engine.cards.export import card_data, json_bytes, png_bytes, v2_card, v3_card
 from companion_engine.cards.formats import card_from_object, parse_card, read_yaml_card
-from tests.cards_helpers import CARDS, card_files, card_png, chunk_text, same_card, v2
+from tests.cards_helpers import card_files, card_params, card_png, chunk_text, same_card, v2
+from tests.conftest import shared_card
 
 
 def load(name: str) -> Any:
-    return json.loads((CARDS / name).read_text(encoding="utf-8"))
+    return json.loads(shared_card(name).read_text(encoding="utf-8"))
 
 
 # --- the real cards ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", card_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", card_params(), ids=lambda p: p.name)
 def test_every_real_card_imports_and_round_trips(path: Path) -> None:
     parsed = parse_card(path.read_bytes())
     c = parsed.character
@@ -66,8 +67,8 @@ def test_exported_data_keeps_every_original_data_key() -> None:
 
 
 def test_v1_card_keeps_root_extras_and_png_matches_json() -> None:
-    from_png = parse_card((CARDS / "megumin.v1.png").read_bytes())
-    from_json = parse_card((CARDS / "megumin.v1.chara.json").read_bytes())
+    from_png = parse_card(shared_card("megumin.v1.png").read_bytes())
+    from_json = parse_card(shared_card("megumin.v1.chara.json").read_bytes())
     assert from_png.container == "png" and from_json.container == "json"
     assert from_png.character.source_format == "v1"
     assert same_card(from_png.character, from_json.character)
@@ -90,7 +91,7 @@ def test_v2_hybrid_reads_data_as_canonical() -> None:
 
 
 def test_sakana_lorebook_selective_entries_survive() -> None:
-    c = parse_card((CARDS / "sakana.v2.chara.json").read_bytes()).character
+    c = parse_card(shared_card("sakana.v2.chara.json").read_bytes()).character
     assert c.character_book is not None
     entries = c.character_book.entries
     assert len(entries) == 14
@@ -100,7 +101,7 @@ def test_sakana_lorebook_selective_entries_survive() -> None:
 
 
 def test_v3_fields_are_kept() -> None:
-    c = parse_card((CARDS / "tavern_kit.full_v3_card.json").read_bytes()).character
+    c = parse_card(shared_card("tavern_kit.full_v3_card.json").read_bytes()).character
     raw = load("tavern_kit.full_v3_card.json")["data"]
     assert c.source_format == "v3"
     assert c.nickname == raw["nickname"] and c.display_name == raw["nickname"]
@@ -117,7 +118,7 @@ def test_chara_chunk_labelled_v3_is_read_as_v3() -> None:
 
 def test_world_info_file_is_not_a_card() -> None:
     with pytest.raises(CardError, match="lorebook / World Info"):
-        parse_card((CARDS / "eldoria.st-worldinfo.json").read_bytes())
+        parse_card(shared_card("eldoria.st-worldinfo.json").read_bytes())
 
 
 # --- PNG specifics -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from companion_engine.cards import png
 from companion_engine.cards.errors import CardError
 from companion_engine.cards.export import png_bytes
 from companion_engine.cards.formats import card_from_object
-from tests.cards_helpers import CARDS, card_png, chunk_text, v2
+from tests.cards_helpers import card_png, chunk_text, v2
+from tests.conftest import shared_card
 
 
 def _verify_crcs(data: bytes) -> list[bytes]:
@@ -59,7 +60,7 @@ def test_export_writes_chara_then_ccv3_before_iend_like_sillytavern() -> None:
 
 
 def test_embedding_replaces_old_card_chunks_and_keeps_the_image() -> None:
-    original = (CARDS / "megumin.v1.png").read_bytes()
+    original = shared_card("megumin.v1.png").read_bytes()
     c = card_from_object(v2("Replaced")).character
     data = png_bytes(c, original)
     _verify_crcs(data)

@@ -18,7 +18,8 @@ from companion_engine.cards.model import Character
 from companion_engine.cards.store import CharacterStore
 from companion_engine.cards.update import apply_patch
 from companion_engine.store import Store, open_store
-from tests.cards_helpers import CARDS, card_files, same_card, snapshot, v2
+from tests.cards_helpers import card_files, same_card, snapshot, v2
+from tests.conftest import shared_card
 from tests.shipped import shipped_copy
 
 
@@ -42,7 +43,8 @@ def write_card(folder: Path, name: str, card: dict | None = None) -> Path:  # ty
     return path
 
 
-async def test_loads_every_real_card_with_ids_from_file_names(folder: Path, db: Store) -> None:
+async def test_loads_every_real_card_with_ids_from_file_names(folder: Path, db: Store,
+                                                             cards_dir: Path) -> None:
     for path in card_files():
         shutil.copy(path, folder / path.name)
     shipped_copy("characters/aria.yaml", folder / "aria.yaml")
@@ -63,7 +65,7 @@ async def test_broken_and_foreign_files_are_problems_not_cards(folder: Path, db:
                                                                tmp_path: Path) -> None:
     write_card(folder, "good.json")
     (folder / "broken.json").write_text('{"name": ', encoding="utf-8")
-    (folder / "nocard.png").write_bytes((CARDS / "megumin.v1.png").read_bytes()[:5000])
+    (folder / "nocard.png").write_bytes(shared_card("megumin.v1.png").read_bytes()[:5000])
     (folder / "bad.yaml").write_text("name: [x\n", encoding="utf-8")
     (folder / "notes.txt").write_text("ignored", encoding="utf-8")
     (folder / ".hidden.json").write_text("{}", encoding="utf-8")
@@ -149,7 +151,7 @@ async def test_add_writes_atomically_with_a_slug_id(folder: Path, db: Store) -> 
     assert not [name for name in snapshot(folder) if name.startswith(".")]
     assert await store.rescan() == set()  # our own write is not a change
 
-    raw = (CARDS / "megumin.v1.png").read_bytes()
+    raw = shared_card("megumin.v1.png").read_bytes()
     up = await store.add(parse_card(raw), raw=raw, name_hint="whatever.png")
     assert up.path.name == "megumin.png" and up.path.read_bytes() == raw
     nameless = await store.add(card_from_object(v2("アクア")), name_hint="../../aqua.json")
@@ -173,7 +175,7 @@ def _patch(fields: dict) -> object:  # type: ignore[type-arg]
                                     "tavern_kit.full_v3_card.json"])
 async def test_update_keeps_format_and_everything_else(folder: Path, db: Store,
                                                        source: str) -> None:
-    shutil.copy(CARDS / source, folder / source)
+    shutil.copy(shared_card(source), folder / source)
     store = CharacterStore(folder, db)
     await store.load()
     (before,) = store.files()
@@ -186,7 +188,7 @@ async def test_update_keeps_format_and_everything_else(folder: Path, db: Store,
     assert card_data(reread.character) == want
     if before.container == "png":  # the image is kept
         from companion_engine.cards import png
-        old = [c for c in png.read_chunks((CARDS / source).read_bytes()) if c.type == b"IDAT"]
+        old = [c for c in png.read_chunks(shared_card(source).read_bytes()) if c.type == b"IDAT"]
         assert [c for c in png.read_chunks(updated.path.read_bytes())
                 if c.type == b"IDAT"] == old
 
@@ -241,7 +243,7 @@ async def test_delete_removes_the_file(folder: Path, db: Store) -> None:
 
 async def test_export_of_png_keeps_image_and_placeholder_otherwise(folder: Path,
                                                                    db: Store) -> None:
-    shutil.copy(CARDS / "megumin.v1.png", folder / "megumin.png")
+    shutil.copy(shared_card("megumin.v1.png"), folder / "megumin.png")
     write_card(folder, "a.json")
     store = CharacterStore(folder, db)
     await store.load()

@@ -15,7 +15,8 @@ from yarl import URL
 from companion_engine.cards import png
 from companion_engine.cards.formats import parse_card
 from companion_engine.config import AppConfig
-from tests.cards_helpers import CARDS, card_files, card_png, chunk_text, contains, snapshot, v2
+from tests.cards_helpers import card_files, card_png, chunk_text, contains, snapshot, v2
+from tests.conftest import OWN_CARDS, shared_card
 from tests.shipped import shipped_copy
 
 
@@ -26,8 +27,8 @@ def config(make_config: Any) -> AppConfig:
                                           "prompt": [], "output": []})
     folder = cfg.path("characters")
     shipped_copy("characters/aria.yaml", folder / "aria.yaml")
-    shutil.copy(CARDS / "seraphina.v2.chara.json", folder / "seraphina.json")
-    shutil.copy(CARDS / "megumin.v1.png", folder / "megumin.png")
+    shutil.copy(shared_card("seraphina.v2.chara.json"), folder / "seraphina.json")
+    shutil.copy(shared_card("megumin.v1.png"), folder / "megumin.png")
     return cfg
 
 
@@ -92,7 +93,7 @@ async def test_get_returns_detail_and_has_no_side_effects(client: TestClient,
                                                           config: AppConfig) -> None:
     body = await ok(await client.get("/api/characters/seraphina"))
     d = body["data"]
-    raw = json.loads((CARDS / "seraphina.v2.chara.json").read_text(encoding="utf-8"))["data"]
+    raw = json.loads(shared_card("seraphina.v2.chara.json").read_text(encoding="utf-8"))["data"]
     assert d["characterId"] == "seraphina"
     assert d["firstMessage"] == raw["first_mes"]
     assert d["systemPrompt"] == raw["system_prompt"]
@@ -164,7 +165,7 @@ async def test_upload_every_real_card_and_round_trip_through_export(client: Test
 
 async def test_upload_legacy_field_and_response_shape(client: TestClient,
                                                       config: AppConfig) -> None:
-    raw = (CARDS / "megumin.v1.png").read_bytes()
+    raw = shared_card("megumin.v1.png").read_bytes()
     body = await ok(await client.post("/api/characters/upload",
                                       data=form(raw, field="character", filename="m.png")))
     d = body["data"]
@@ -198,7 +199,7 @@ def _bad_uploads() -> list[tuple[str, bytes, int, str]]:
         ("jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF", 415, "JPEG"),
         ("text", b"just some text", 415, "expected a PNG image or a JSON object"),
         ("empty", b"", 400, "empty"),
-        ("world info", (CARDS / "eldoria.st-worldinfo.json").read_bytes(), 422, "lorebook"),
+        ("world info", (OWN_CARDS / "tides.st-worldinfo.json").read_bytes(), 422, "lorebook"),
         ("oversize", b"{" + b" " * (5 * 1024 * 1024) + b"}", 413, "5 MB"),
     ]
 
@@ -290,7 +291,7 @@ async def test_partial_update_and_legacy_live2d_keys(client: TestClient,
 
 
 async def test_whole_card_update_keeps_png_image(client: TestClient, config: AppConfig) -> None:
-    image = [c for c in png.read_chunks((CARDS / "megumin.v1.png").read_bytes())
+    image = [c for c in png.read_chunks(shared_card("megumin.v1.png").read_bytes())
              if c.type == b"IDAT"]
     await ok(await client.put("/api/characters/megumin", json=v2("Megumin 2")))
     data = (folder(config) / "megumin.png").read_bytes()

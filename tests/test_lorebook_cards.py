@@ -25,7 +25,8 @@ from companion_engine.lorebook import (
 )
 from companion_engine.tokens import estimate_tokens
 from companion_engine.turn import Turn
-from tests.lorebook_helpers import CARDS, card, entry, fired, run
+from tests.conftest import shared_card
+from tests.lorebook_helpers import card, entry, fired, run
 
 
 def seraphina_lore(**settings: Any):  # type: ignore[no-untyped-def]
@@ -74,7 +75,7 @@ def test_seraphina_recursion_and_budget() -> None:
 
 
 def test_eldoria_world_info_file_equals_the_card_book() -> None:
-    native = from_object(json.loads((CARDS / "eldoria.st-worldinfo.json").read_text()),
+    native = from_object(json.loads(shared_card("eldoria.st-worldinfo.json").read_text()),
                          "Eldoria")
     ch = card("seraphina.v2.chara.json")
     assert ch.character_book is not None

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from companion_engine.config import AppConfig
 from companion_engine.keys import ENGINE
 from companion_engine.store.base import StoredMessage
-from tests.lorebook_helpers import CARDS
+from tests.conftest import shared_card
 from tests.shipped import shipped_copy
 
 URL = "/api/prompt/preview"
@@ -35,7 +35,7 @@ def config(make_config: Any, tmp_path: Path) -> AppConfig:
                    {"history": {"max_tokens": 3000}}, "post_history_instructions"]})
     folder = cfg.path("characters")
     shipped_copy("characters/aria.yaml", folder / "aria.yaml")
-    shutil.copy(CARDS / "seraphina.v2.chara.json", folder / "seraphina.json")
+    shutil.copy(shared_card("seraphina.v2.chara.json"), folder / "seraphina.json")
     return cfg
 
 
