@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
+from companion_engine.cluster import shared_ctx, sync_middleware, worker_header
 from companion_engine.config import AppConfig
 from companion_engine.configload import load_profile
 from companion_engine.engine import Engine
@@ -48,8 +49,10 @@ def create_app(
     )
     app[ENGINE] = engine
     install_security(app)
-    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, llm_ctx, pipeline_ctx,
-                           hooks_ctx, reload_ctx])
+    app.middlewares.append(sync_middleware)
+    app.on_response_prepare.append(worker_header)
+    app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, shared_ctx, llm_ctx,
+                            pipeline_ctx, hooks_ctx, reload_ctx])
     for plugin, route in host.collect_routes(engine):
         try:
             app.router.add_routes([route])

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -130,17 +131,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise StartupError(
             f"refusing to bind {config.server.host}: a non-loopback address needs "
             "server.api_key (or COMPANION_API_KEY) so the API is not open to the network")
-    asyncio.run(_serve(config))
+    from companion_engine.supervisor import ENV_FD, Supervisor, WorkerLink, worker_argv
+
+    workers = config.server.worker_count()
+    if workers > 1 and ENV_FD not in os.environ:
+        supervisor = Supervisor(worker_argv(args), config.server.host, config.server.port,
+                                workers)
+        return asyncio.run(supervisor.run())
+    asyncio.run(_serve(config, WorkerLink.from_env()))
     return 0
 
 
-async def _serve(config: Any) -> None:
+async def _serve(config: Any, link: Any = None) -> None:
     from aiohttp import web
     from loguru import logger
 
     from companion_engine.app import create_app
+    from companion_engine.keys import ENGINE
 
     app = create_app(config)
+    app[ENGINE].link = link
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()  # a stage failing its setup() stops here (ConfigError)
@@ -148,19 +158,23 @@ async def _serve(config: Any) -> None:
         await runner.cleanup()
         raise
     try:
-        await _listen_and_wait(runner, config)
+        await _listen_and_wait(runner, config, link)
     finally:
         logger.info("shutting down")
         await runner.cleanup()
+        if link is not None:
+            await link.aclose()
 
 
-async def _listen_and_wait(runner: Any, config: Any) -> None:
+async def _listen_and_wait(runner: Any, config: Any, link: Any = None) -> None:
     from aiohttp import web
     from loguru import logger
 
     from companion_engine.keys import ENGINE
 
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    # Workers of one supervisor bind the same port; the kernel spreads connections.
+    site = web.TCPSite(runner, config.server.host, config.server.port,
+                       reuse_port=True if link is not None else None)
     try:
         await site.start()
     except OSError as exc:
@@ -173,11 +187,15 @@ async def _listen_and_wait(runner: Any, config: Any) -> None:
         break
     character = engine.characters.active_id
     logger.info(
-        "ready on http://{}:{} profile={} character={} llm={} tts={} reload={}",
+        "ready on http://{}:{} profile={} character={} llm={} tts={} reload={} store={}{}",
         config.server.host, port, engine.profile.name, character or "-", engine.active_model,
         engine.pipeline.tts.name if engine.profile.speech.enabled else "off",
-        "on" if config.reload else "off")
+        "on" if config.reload else "off", engine.shared.backend,
+        f" worker={engine.worker.id}/{engine.worker.count}" if link is not None else "")
     stop = asyncio.Event()
+    if link is not None:
+        link.start(stop.set)
+        link.ready()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

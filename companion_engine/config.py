@@ -8,9 +8,10 @@ or ``{name: {options}}``; ``StageRef`` is its normalised form.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -75,6 +76,24 @@ class ServerConfig(ConfigModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: Concurrent chat streams one client IP may hold open.
     max_streams_per_ip: int = Field(default=4, ge=1)
+    #: Serving processes on the one port (``auto``: one per core); see docs/deploy.md.
+    workers: int | Literal["auto"] = Field(default=1)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("must be between 1 and 256, or auto")
+        return v
+
+    def worker_count(self) -> int:
+        """``workers`` as a number (``auto``: the cores this process may use)."""
+        if self.workers == "auto":
+            try:
+                return max(1, len(os.sched_getaffinity(0)))
+            except AttributeError:  # pragma: no cover - not Linux
+                return max(1, os.cpu_count() or 1)
+        return int(self.workers)
 
     @field_validator("trusted_proxies")
     @classmethod

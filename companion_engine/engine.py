@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from companion_engine.cluster import WorkerInfo, engine_id
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -25,7 +27,9 @@ if TYPE_CHECKING:
     from companion_engine.pipeline import Pipeline
     from companion_engine.plugins import PluginHost
     from companion_engine.reload import Reloader
+    from companion_engine.shared import SharedState
     from companion_engine.store import Store
+    from companion_engine.supervisor import WorkerLink
 
 
 @dataclass
@@ -59,7 +63,17 @@ class Engine:
         #: Set by the reload machinery (``companion_engine.reload``) when it runs.
         self.reloader: Reloader | None = None
         #: Model chosen with /api/models/switch; None means the profile's llm.model.
+        #: Kept in the store (``companion_engine.cluster``), so every engine agrees.
         self.model_override: str | None = None
+        #: Which serving process this is, and this engine's name among its peers.
+        self.worker = WorkerInfo.from_env()
+        self.engine_id = engine_id(self.worker)
+        #: Rate limits, stream slots and broadcasts shared with the other engines.
+        self.shared: SharedState
+        #: True when other processes write the store too: settings are read per request.
+        self.needs_sync = False
+        #: The line to the supervisor when this is one of ``server.workers``.
+        self.link: WorkerLink | None = None
         self._closing: set[asyncio.Task[None]] = set()
         #: Small per-engine caches and plugin state, keyed by owner name.
         self.stash: dict[str, Any] = {}

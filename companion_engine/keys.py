@@ -8,7 +8,5 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from companion_engine.engine import Engine
-    from companion_engine.security import Guard
 
 ENGINE: web.AppKey[Engine] = web.AppKey("companion_engine.engine")
-GUARD: web.AppKey[Guard] = web.AppKey("companion_engine.security.guard")

@@ -16,6 +16,7 @@ from loguru import logger
 from companion_engine.errors import ApiError
 from companion_engine.logs import request_id
 from companion_engine.openapi import json_response
+from companion_engine.shared import is_outage
 
 
 def error_body(status: int, error: str, detail: object = None) -> dict[str, object]:
@@ -80,7 +81,12 @@ async def error_middleware(request: web.Request, handler: Handler
         return error_response(exc.status, _http_message(exc, request), headers=headers)
     except ConnectionResetError:
         raise
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            # The shared store is away; it heals by itself, so the client may simply retry.
+            logger.warning("{} {}: {}", request.method, request.path, exc)
+            return error_response(503, "the store is unavailable; retry shortly", str(exc),
+                                  headers={"Retry-After": "1"})
         rid = request_id.get()
         logger.exception("unhandled error in {} {}", request.method, request.path)
         return error_response(500, "internal server error",

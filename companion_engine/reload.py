@@ -53,7 +53,7 @@ PIPELINE_KINDS: frozenset[Kind] = frozenset({"config", "profiles", "plugins"})
 
 #: Settings a running server cannot change: they keep their running value on reload.
 RESTART_ONLY: tuple[str, ...] = (
-    "server.host", "server.port", "store.url",
+    "server.host", "server.port", "server.workers", "store.url",
     "paths.profiles", "paths.characters", "paths.plugins", "paths.data",
     "reload",
 )

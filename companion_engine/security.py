@@ -12,7 +12,9 @@ box, often with a browser open on another site. So, on every request:
   keys are rate limited like any other abuse;
 - abuse: a token bucket per client IP (``rate_limit``) on the routes that cost
   (chat, character create and upload), a cap on concurrent chat streams per
-  IP, and a body cap per route (413 before the body is read).
+  IP, and a body cap per route (413 before the body is read). Buckets and
+  stream slots live in the engine's ``SharedState``: in this process, or in
+  Redis so every engine on one store counts a client once.
 
 ``install_security(app)`` wires it all; settings are read from the engine's
 config on each request so a hot reload applies them.
@@ -33,8 +35,9 @@ from loguru import logger
 from companion_engine.cli import is_loopback
 from companion_engine.config import AppConfig
 from companion_engine.errors import ApiError
-from companion_engine.keys import ENGINE, GUARD
-from companion_engine.ratelimit import RateLimiter, StreamSlots, retry_after
+from companion_engine.keys import ENGINE
+from companion_engine.ratelimit import retry_after
+from companion_engine.shared import SharedState
 
 # --- headers ---------------------------------------------------------------------------------
 
@@ -92,20 +95,14 @@ CARD_ROUTES = frozenset({
 })
 
 
-class Guard:
-    """Per-app security state: the rate limiters and open-stream counts."""
-
-    def __init__(self, max_clients: int) -> None:
-        self.limiter = RateLimiter(max_clients)
-        #: Wrong API keys, per client: guessing is rate limited separately from use.
-        self.auth_failures = RateLimiter(max_clients)
-        self.streams = StreamSlots()
+#: Bucket scopes in the shared state: use of the costly routes, and wrong API keys
+#: (guessing is rate limited separately from use).
+RATE_SCOPE = "rate"
+AUTH_SCOPE = "auth"
 
 
 def install_security(app: web.Application) -> None:
     """Add the security middleware and header hook to ``app`` (engine already set)."""
-    config = app[ENGINE].config
-    app[GUARD] = Guard(config.rate_limit.max_clients)
     app.middlewares.append(security_middleware)
     app.on_response_prepare.append(add_headers)
 
@@ -245,7 +242,8 @@ def key_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _check_key(request: web.Request, config: AppConfig, guard: Guard, client: str) -> None:
+async def _check_key(request: web.Request, config: AppConfig, shared: SharedState,
+                     client: str) -> None:
     expected = config.server.api_key
     if is_open(request.path):
         return
@@ -258,7 +256,8 @@ def _check_key(request: web.Request, config: AppConfig, guard: Guard, client: st
     given = bearer_token(request)
     if given is not None and key_matches(given, expected):
         return
-    wait = guard.auth_failures.take(client, config.rate_limit.requests, config.rate_limit.window_s)
+    wait = await shared.take(AUTH_SCOPE, client, config.rate_limit.requests,
+                             config.rate_limit.window_s)
     if wait:
         raise ApiError(429, "too many requests with a wrong API key; slow down",
                        headers={"Retry-After": retry_after(wait)})
@@ -272,12 +271,12 @@ def _check_key(request: web.Request, config: AppConfig, guard: Guard, client: st
 # --- abuse -----------------------------------------------------------------------------------
 
 
-def _check_rate(request: web.Request, config: AppConfig, guard: Guard, client: str,
-                route: tuple[str, str]) -> None:
+async def _check_rate(request: web.Request, config: AppConfig, shared: SharedState,
+                      client: str, route: tuple[str, str]) -> None:
     if route not in RATE_LIMITED:
         return
     limit = config.rate_limit
-    wait = guard.limiter.take(client, limit.requests, limit.window_s)
+    wait = await shared.take(RATE_SCOPE, client, limit.requests, limit.window_s)
     if wait:
         logger.info("rate limited {} {} from {}", request.method, request.path, client)
         raise ApiError(429, f"rate limit exceeded: {limit.requests} requests per "
@@ -312,27 +311,28 @@ async def _run_capped(request: web.Request, handler: Handler, cap: int) -> web.S
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Preflight, browser context, API key, rate limit, stream cap and body cap, in that order."""
-    config = request.app[ENGINE].config
-    guard = request.app[GUARD]
+    engine = request.app[ENGINE]
+    config, shared = engine.config, engine.shared
     if (request.method == "OPTIONS" and "Origin" in request.headers
             and "Access-Control-Request-Method" in request.headers):
         return _preflight(request, config)
     _check_browser_context(request, config)
     client = client_key(client_ip(request, config.server.trusted_proxies))
-    _check_key(request, config, guard, client)
+    await _check_key(request, config, shared, client)
     route = route_key(request)
-    _check_rate(request, config, guard, client, route)
+    await _check_rate(request, config, shared, client, route)
     cap = body_cap(request, config, route)
     if route not in STREAM_ROUTES:
         return await _run_capped(request, handler, cap)
     limit = config.server.max_streams_per_ip
-    if not guard.streams.acquire(client, limit):
+    slot = await shared.acquire_stream(client, limit)
+    if slot is None:
         raise ApiError(429, f"too many open chat streams from this client (limit {limit})",
                        "close a stream before opening another", headers={"Retry-After": "1"})
     try:
         return await _run_capped(request, handler, cap)
     finally:
-        guard.streams.release(client)
+        await shared.release_stream(slot)
 
 
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,6 +76,9 @@ class CharacterStore:
         self._files: dict[str, tuple[Signature, str | None, Problem | None]] = {}
         self._active: str | None = None
         self._lock = asyncio.Lock()
+        #: Called after a card was added, updated or deleted through the store (the engine
+        #: tells other engines sharing the folder to rescan).
+        self.on_change: Callable[[], Awaitable[None]] | None = None
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -109,6 +112,14 @@ class CharacterStore:
     def active(self) -> Character | None:
         active_id = self.active_id
         return self.get(active_id) if active_id else None
+
+    def adopt_active(self, value: object) -> None:
+        """Take the active id another engine persisted (read from the shared store)."""
+        self._active = value if isinstance(value, str) and is_valid_id(value) else None
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     async def set_active(self, character_id: str | None) -> None:
         """Persist the active character (``None``: back to the profile default)."""
@@ -191,7 +202,8 @@ class CharacterStore:
             self._files[name] = (card.signature, new_id, None)
             self._cards[new_id] = card
             logger.info("character {} stored as {}", new_id, name)
-            return card
+        await self._changed()
+        return card
 
     async def update(self, character_id: str,
                      change: Callable[[Character], ParsedCard]) -> CardFile:
@@ -212,7 +224,8 @@ class CharacterStore:
             self._files[card.path.name] = (card.signature, character_id, None)
             self._cards[character_id] = card
             logger.info("character {} updated", character_id)
-            return card
+        await self._changed()
+        return card
 
     async def delete(self, character_id: str) -> bool:
         """Remove the card's file; clears the active choice if it was this character."""
@@ -225,6 +238,7 @@ class CharacterStore:
         if self._active == character_id:
             await self.set_active(None)
         logger.info("character {} deleted ({})", character_id, card.path.name)
+        await self._changed()
         return True
 
     async def export(self, character_id: str, fmt: Literal["json", "png"]) -> bytes:

@@ -32,6 +32,7 @@ from companion_engine.chat.sse import ClientGone, SSEWriter, timestamp
 from companion_engine.errors import ApiError, StageError, TurnError
 from companion_engine.llm import LLMError, LLMStream
 from companion_engine.prompting import assemble_prompt
+from companion_engine.shared import StoreUnavailable
 from companion_engine.store import StoredMessage
 from companion_engine.tokens import estimate_tokens
 from companion_engine.turn import TurnResult
@@ -154,6 +155,8 @@ class TurnRunner:
             if not isinstance(exc, LLMError):
                 logger.opt(exception=exc.__cause__ or exc).warning("turn failed: {}", exc)
             await self._fail(exc.type, str(exc))
+        except StoreUnavailable as exc:  # Redis away: the client may retry (503)
+            await self._fail("store_unavailable", str(exc))
         except Exception as exc:
             failure = engine_failure(exc)
             logger.opt(exception=exc).error("turn failed: {}", failure)
@@ -340,6 +343,11 @@ class TurnRunner:
         except Exception as exc:
             logger.opt(exception=exc).error("storing the reply of {} failed",
                                             self.turn.conversation_id)
+            if isinstance(exc, StoreUnavailable) and self.result.error is None:
+                # Not stored, so not acknowledged: /api/chat answers 503, not 200.
+                self.result.status = "error"
+                self.result.error = {"type": "store_unavailable", "provider": self.provider,
+                                     "error": str(exc)}
         t = self.result.timings
         logger.info("turn {} model={} conversation={} chunks={} chars={} ttft_ms={} "
                     "first_sentence_ms={} ttfa_ms={} total_ms={}", self.result.status,

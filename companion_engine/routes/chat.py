@@ -21,7 +21,7 @@ routes = ApiRoutes()
 
 #: HTTP status of ``/api/chat`` for each turn error type.
 ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
-                "stage_error": 500, "bad_request": 400}
+                "stage_error": 500, "bad_request": 400, "store_unavailable": 503}
 
 #: OpenAPI 3.1: ``schema`` of ``text/event-stream`` describes one event.
 SSE_DOC = {"text/event-stream": {"schema": {

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from companion_engine import hookimpl
 from companion_engine.chat.sse import timestamp
+from companion_engine.cluster import switch_model as choose_model
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
@@ -99,7 +100,7 @@ async def _requested_model(request: web.Request) -> str:
 
 
 @routes.post("/api/models/switch", body=SwitchModel, query=SwitchQuery, response=Switched,
-             tags=["models"], summary="Switch the active model", errors=(400, 422))
+             tags=["models"], summary="Switch the active model", errors=(400, 422, 503))
 async def switch_model(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     try:
@@ -107,7 +108,7 @@ async def switch_model(request: web.Request) -> web.Response:
     except ModelError as exc:
         raise ApiError(400, str(exc)) from None
     previous = engine.active_model
-    engine.model_override = None if model == engine.profile.llm.model else model
+    await choose_model(engine, model)  # every engine on the store follows
     probe = await engine.llm.probe_model(model)
     return json_response({
         "success": True, "message": f"Switched to {model}", "active_model": engine.active_model,

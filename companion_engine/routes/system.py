@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from companion_engine import __version__, hookimpl
+from companion_engine.cluster import broadcast_reload
 from companion_engine.configload import redact
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
@@ -63,6 +64,12 @@ class Health(Open):
     llm: LLMHealth
     tts: dict[str, Any]
     config: dict[str, Any]
+    #: ``{id, pid, workers}``: which serving process answered.
+    worker: dict[str, Any]
+    #: This engine's name among the engines sharing its store.
+    engine: str
+    #: ``{backend, connected, limits}``: ``limits`` is ``cluster`` or ``process``.
+    shared: dict[str, Any]
     timestamp: str
 
 
@@ -87,6 +94,8 @@ class PluginsListing(Open):
 class ReloadResult(Open):
     success: bool
     config: dict[str, Any]
+    #: How many other engines received the reload broadcast (None: it could not be sent).
+    broadcast: int | None = None
 
 
 @routes.get("/", response=RootInfo, summary="Service information", tags=["service"], errors=())
@@ -166,6 +175,9 @@ async def health(request: web.Request) -> web.Response:
     status = engine.reload_status
     llm = await provider_health(engine)
     reasons = health_reasons(llm, status.last_error)
+    if not engine.shared.connected:
+        reasons.append({"component": "store", "reason": "the shared store (Redis) is "
+                        "unreachable; requests that need it answer 503 until it is back"})
     return json_response({
         "status": "degraded" if reasons else "healthy",
         "version": __version__,
@@ -173,6 +185,10 @@ async def health(request: web.Request) -> web.Response:
         "llm": llm,
         "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled},
         "config": status.as_dict(),
+        # Which process answered, and what it shares with the others (docs/deploy.md).
+        "worker": engine.worker.as_dict(),
+        "engine": engine.engine_id,
+        "shared": engine.shared.status(),
         "timestamp": now_iso(),
     })
 
@@ -213,16 +229,19 @@ async def config_view(request: web.Request) -> web.Response:
 
 
 @routes.post("/-/reload", response=ReloadResult, tags=["introspection"], errors=(401, 422),
-             summary="Reload config, profile and characters now")
+             summary="Reload config, profile and characters now, on every engine")
 async def reload_now(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if engine.reloader is None:
         raise ApiError(503, "reload is not available in this server")
     await engine.reloader.reload(reason="POST /-/reload")
+    # The other engines on this store (workers, or hosts on one Redis) reload too.
+    others = await broadcast_reload(engine)
     status = engine.reload_status
     if status.last_error:
-        raise ApiError(422, "reload failed; the running config was kept", status.as_dict())
-    return json_response({"success": True, "config": status.as_dict()})
+        raise ApiError(422, "reload failed; the running config was kept",
+                       {**status.as_dict(), "broadcast": others})
+    return json_response({"success": True, "config": status.as_dict(), "broadcast": others})
 
 
 # --- OpenAPI and the API browser ---------------------------------------------------------------

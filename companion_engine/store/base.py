@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -236,6 +236,15 @@ class Store(ABC):
 
     @abstractmethod
     async def get_setting(self, key: str) -> Any | None: ...
+
+    async def get_settings(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Several settings at once (absent ones left out); backends make it one read."""
+        out = {}
+        for key in keys:
+            value = await self.get_setting(key)
+            if value is not None:
+                out[key] = value
+        return out
 
     @abstractmethod
     async def set_setting(self, key: str, value: Any) -> None:

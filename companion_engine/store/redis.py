@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from companion_engine.shared.redis_client import DEFAULT_PREFIX, connect, split_prefix
 from companion_engine.store.base import (
     Conversation,
     ConversationExists,
@@ -43,7 +43,8 @@ from companion_engine.store.base import (
     stamp,
 )
 
-DEFAULT_PREFIX = "companion:"
+__all__ = ["DEFAULT_PREFIX", "RedisStore", "split_prefix"]
+
 #: An edit that keeps losing the race to other writers gives up after this many tries.
 MAX_RETRIES = 50
 
@@ -73,15 +74,6 @@ redis.call('HSET', head, 'updated_at', now)
 redis.call('ZADD', KEYS[3], now, id)
 return redis.call('HINCRBY', head, 'version', 1)
 """
-
-
-def split_prefix(url: str) -> tuple[str, str]:
-    """The URL without our ``prefix`` query parameter, and the prefix."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
 
 
 def _encode(m: StoredMessage) -> str:
@@ -114,11 +106,13 @@ class RedisStore(Store):
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
-        """Connect and ping, so a wrong URL fails at start-up, not at the first turn."""
-        clean, prefix = split_prefix(url)
-        client = aioredis.Redis.from_url(clean, decode_responses=True)
+        """Connect and ping, so a wrong URL fails at start-up, not at the first turn.
+
+        Outages raise ``StoreUnavailable`` (503) and heal by themselves
+        (``companion_engine.shared.redis_client``).
+        """
+        client, prefix = await connect(url)
         try:
-            await client.ping()
             store = cls(client, prefix)
             await store._migrate()
         except Exception:
@@ -170,6 +164,11 @@ class RedisStore(Store):
     async def get_setting(self, key: str) -> Any | None:
         value = await self.client.hget(self._settings(), key)
         return json.loads(value) if value is not None else None
+
+    async def get_settings(self, keys: Iterable[str]) -> dict[str, Any]:
+        names = list(keys)
+        values = await self.client.hmget(self._settings(), names)
+        return {k: json.loads(v) for k, v in zip(names, values, strict=True) if v is not None}
 
     async def set_setting(self, key: str, value: Any) -> None:
         if value is None:

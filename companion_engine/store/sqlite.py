@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,14 @@ class SQLiteStore(Store):
                                        (key,)) as cur:
             row = await cur.fetchone()
         return json.loads(row[0]) if row else None
+
+    async def get_settings(self, keys: Iterable[str]) -> dict[str, Any]:
+        names = list(keys)
+        marks = ",".join("?" * len(names))
+        async with self.reader.execute(f"SELECT key, value FROM settings WHERE key IN ({marks})",
+                                       names) as cur:
+            rows = await cur.fetchall()
+        return {k: json.loads(v) for k, v in rows}
 
     async def set_setting(self, key: str, value: Any) -> None:
         encoded = None if value is None else _dumps(value)
