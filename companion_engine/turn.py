@@ -53,6 +53,9 @@ class HistoryInfo:
     dropped: int
     tokens: int
     max_tokens: int
+    #: The conversation as placed: the kept messages and the user's, the same objects
+    #: as in ``turn.messages`` (stages after ``history`` find the chat by identity).
+    chat: list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -67,6 +70,46 @@ class LorebookInfo:
     passes: int = 0
     tokenizer: str = ""
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Recollection:
+    """A past message the ``memory`` stage put in the prompt (``/api/prompt/preview``)."""
+
+    conversation_id: str
+    message_id: str
+    role: str
+    content: str
+    created_at: float
+    #: ``fts`` (full-text, BM25) or ``semantic`` (embedding similarity).
+    source: str
+    #: BM25 (lower is better) or cosine distance (lower is closer).
+    score: float
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class MemoryInfo:
+    """What the ``memory`` stage contributed to this turn's prompt, and why."""
+
+    #: The running summary placed in the prompt (None: none placed; ``notes`` says why).
+    summary: str | None = None
+    #: How many of the oldest history messages the stored summary covers.
+    summary_covers: int = 0
+    #: History messages outside the prompt that the summary does not cover yet; the
+    #: summary is brought up to date after the turn once they reach the ``batch`` size.
+    summary_pending: int = 0
+    #: Past messages recalled for this turn, in the order placed.
+    recalled: list[Recollection] = field(default_factory=list)
+    #: The words the recall searched for.
+    query: list[str] = field(default_factory=list)
+    #: Messages found, and of them those left out because the prompt already holds them.
+    found: int = 0
+    skipped_in_prompt: int = 0
+    recall_tokens: int = 0
+    recall_budget: int = 0
+    #: Why something did not happen (``recall: the Redis store has no message index``).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +162,11 @@ class Turn:
     history_info: HistoryInfo | None = None
     #: Set by the lorebook injector.
     lorebook_info: LorebookInfo | None = None
+    #: Set by the ``memory`` stage.
+    memory_info: MemoryInfo | None = None
+    #: The main system prompt message, once ``system_prompt`` placed it (an anchor for
+    #: what goes before or after it: memory, the Author's Note).
+    main_prompt: Message | None = None
     #: The voice the client asked for (None: the backend's configured voice).
     voice: str | None = None
     #: Audio format the client asked for (``wav``, ``pcm16``, ``opus``, ``mp3``; None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +203,19 @@ def test_estimate_for_other_models() -> None:
     assert estimate_tokens("abcdefgh") == 2 and estimate_tokens("abcdefghi") == 3
     assert estimate_tokens("猫が好き") == 4  # non-ASCII: one token each, never fewer
     assert estimate_tokens("") == 0
+
+
+# --- depth injections as SillyTavern places them (vectors from its own code) ------------------
+
+_INJECTIONS = json.loads((Path(__file__).parent / "vectors" / "st_injections.json")
+                         .read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", _INJECTIONS["cases"], ids=lambda c: c["name"])
+def test_depth_injections_match_sillytavern(case: dict[str, Any]) -> None:
+    from companion_engine.builtin.prompt_builders import with_injections
+
+    # SillyTavern joins one depth and role in the order of its extension prompt keys.
+    ordered = sorted(case["injections"], key=lambda i: i["key"])
+    out = with_injections(case["chat"], [(i["depth"], i["role"], i["content"]) for i in ordered])
+    assert out == case["expected"]

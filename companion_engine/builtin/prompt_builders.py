@@ -28,9 +28,12 @@ DEFAULT_SYSTEM_PROMPT = ("Write {{char}}'s next reply in a fictional chat betwee
 _START = re.compile(r"<START>", re.IGNORECASE)
 
 
-def _system(turn: Turn, text: str) -> None:
-    if text.strip():
-        turn.messages.append({"role": "system", "content": text.strip()})
+def _system(turn: Turn, text: str) -> Message | None:
+    if not text.strip():
+        return None
+    message: Message = {"role": "system", "content": text.strip()}
+    turn.messages.append(message)
+    return message
 
 
 class SystemPrompt(PromptBuilder):
@@ -50,7 +53,7 @@ class SystemPrompt(PromptBuilder):
         text = o.text
         if o.prefer_character and turn.character is not None:
             text = with_original(turn.character.system_prompt, text)
-        _system(turn, expand(turn, text))
+        turn.main_prompt = _system(turn, expand(turn, text))
 
 
 class CharacterDefinition(PromptBuilder):
@@ -195,23 +198,35 @@ class History(PromptBuilder):
         chat = [*kept, user]
         turn.messages.extend(with_injections(chat, turn.depth_injections))
         turn.history_info = HistoryInfo(kept=len(kept), dropped=len(earlier) - len(kept),
-                                        tokens=used, max_tokens=o.max_tokens)
+                                        tokens=used, max_tokens=o.max_tokens, chat=chat)
 
 
 def with_injections(chat: list[Message], injections: list[tuple[int, Role, str]]) -> list[Message]:
-    """``chat`` with each (depth, role, text) inserted ``depth`` messages from the end."""
+    """``chat`` with each (depth, role, text) inserted ``depth`` messages from the end.
+
+    SillyTavern's ``populationInjectionPrompts``: injections of the same depth and role
+    become one message (texts trimmed, joined by newlines, in list order); at one
+    depth the assistant message comes first, then user, then system (closest to
+    what follows); an injection deeper than the chat goes before its first message,
+    the deepest first.
+    """
     if not injections:
         return chat
-    at: dict[int, list[Message]] = {}
+    by_depth: dict[int, dict[str, list[str]]] = {}
     for depth, role, text in injections:
-        at.setdefault(max(0, len(chat) - max(0, depth)), []).append(
-            {"role": role, "content": text})
-    out: list[Message] = []
-    for i in range(len(chat) + 1):
-        out.extend(at.get(i, ()))
-        if i < len(chat):
-            out.append(chat[i])
-    return out
+        if text.strip():
+            by_depth.setdefault(max(0, depth), {}).setdefault(role, []).append(text.strip())
+    newest_first: list[Message] = list(reversed(chat))
+    inserted = 0
+    for depth in sorted(by_depth):
+        roles = by_depth[depth]
+        group: list[Message] = [{"role": role, "content": "\n".join(roles[role])}  # type: ignore[typeddict-item]
+                                for role in ("system", "user", "assistant") if role in roles]
+        at = depth + inserted
+        newest_first[at:at] = group
+        inserted += len(group)
+    newest_first.reverse()
+    return newest_first
 
 
 class PostHistoryInstructions(PromptBuilder):

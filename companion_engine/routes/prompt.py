@@ -6,6 +6,7 @@ assembled by the same ``assemble_prompt``; nothing is stored.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +55,31 @@ class PreviewTokens(BaseModel):
     history_dropped: int = 0
 
 
+class PreviewRecollection(BaseModel):
+    conversation_id: str
+    message_id: str
+    role: str
+    content: str
+    created_at: float
+    source: str = Field(description="fts (full-text, BM25) or semantic (embeddings)")
+    score: float = Field(description="BM25 (lower is better) or cosine distance")
+    tokens: int
+
+
+class PreviewMemory(BaseModel):
+    summary: str | None = Field(default=None, description="the running summary placed")
+    summary_covers: int = Field(0, description="oldest history messages the summary covers")
+    summary_pending: int = Field(0, description="messages out of the history not summarised "
+                                                "yet (updated after the turn)")
+    recalled: list[PreviewRecollection] = Field(default_factory=list)
+    query: list[str] = Field(default_factory=list, description="the words recall searched for")
+    found: int = 0
+    skipped_in_prompt: int = Field(0, description="matches left out: the prompt holds them")
+    recall_tokens: int = 0
+    recall_budget: int = 0
+    notes: list[str] = Field(default_factory=list, description="why memory did not add more")
+
+
 class PromptPreview(BaseModel):
     success: bool = True
     model: str
@@ -65,6 +91,8 @@ class PromptPreview(BaseModel):
     lore: list[PreviewLore]
     tokens: PreviewTokens
     warnings: list[str] = Field(default_factory=list, description="lorebook problems")
+    memory: PreviewMemory | None = Field(default=None, description="what the memory stage "
+                                                                   "contributed, and why")
 
 
 @routes.post("/api/prompt/preview", body=ChatRequest, response=PromptPreview,
@@ -104,6 +132,8 @@ async def preview_prompt(request: web.Request) -> web.Response:
             history_budget=history.max_tokens if history else None,
             history_dropped=history.dropped if history else 0),
         warnings=lore.warnings,
+        memory=PreviewMemory.model_validate(asdict(turn.memory_info))
+        if turn.memory_info is not None else None,
     )
     return json_response(body.model_dump(mode="json"))
 
