@@ -255,9 +255,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args.config))
     host = PluginHost.load(config.path("plugins"))
     listing = host.listing(include_builtin=args.all or args.json)
+    failed = 1 if listing["errors"] else 0
     if args.json:
         print(json.dumps(listing, indent=2))
-        return 0
+        return failed
     for p in listing["plugins"]:
         version = f" {p['version']}" if p["version"] else ""
         origin = " (built-in)" if p["builtin"] else (f" ({p['source']})" if p["source"] else "")
@@ -266,12 +267,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  hooks:  {', '.join(p['hooks'])}")
         for kind, names in p["stages"].items():
             print(f"  {kind.replace('_', ' ')}s: {', '.join(names)}")
-    if not listing["plugins"]:
+    if not listing["plugins"] and not failed:
         print("no third-party plugins installed (use --all to include built-ins)")
     for err in listing["errors"]:
         where = f" ({err['source']})" if err.get("source") else ""
         print(f"FAILED {err['plugin']}{where}: {err['stage']}: {err['error']}")
-    return 0
+    if failed:
+        print(f"{len(listing['errors'])} plugin(s) failed to load", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

@@ -8,23 +8,38 @@ or registers a stage name already taken is reported in ``errors`` and left
 out; the others load. ``COMPANION_STRICT_PLUGINS=1`` re-raises instead, for
 plugin authors.
 
+Every hook is called through one place (``PluginHost.each``): impl by impl, in
+pluggy's order (``tryfirst``/``trylast`` honoured; host hooks newest plugin
+first, registration hooks built-ins first so built-in stage names win), each
+call isolated and attributed. Hook wrappers (``hookwrapper``/``wrapper``) are
+refused at registration with a clear error: no hook here has a result a wrapper
+could meaningfully wrap, and half-supporting them would misread one.
+
+A local ``plugins/*.py`` file is logged before it is imported and, when new or
+changed, imported first in a throwaway subprocess (``companion_engine.plugin_probe``):
+a file that kills or hangs that process is refused instead of taking the server
+down with it.
+
 Environment:
 
 - ``COMPANION_LOAD_PLUGINS``: comma list of distribution names to load
   (empty string: no third-party plugins at all).
 - ``COMPANION_DISABLED_PLUGINS``: comma list of plugin or distribution names to skip.
+- ``COMPANION_TRACE_PLUGINS=1``: log every hook call (plugin, hook, time, result).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
 import inspect
 import os
 import sys
+import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +50,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from companion_engine import hookspecs
+from companion_engine.plugin_probe import probe_plugin_files
 from companion_engine.stages import STAGE_KINDS, Stage
 
 ENTRY_POINT_GROUP = "companion_engine"
@@ -97,6 +113,7 @@ class PluginInfo:
     version: str | None = None
     distribution: str | None = None
     source: str | None = None  # file path for local plugins
+    digest: str | None = None  # content hash of a local plugin file
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -110,8 +127,21 @@ def _norm(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")
+
+
 def strict_mode() -> bool:
-    return os.environ.get("COMPANION_STRICT_PLUGINS", "") not in ("", "0", "false")
+    return _flag("COMPANION_STRICT_PLUGINS")
+
+
+def _summary(value: Any) -> str:
+    """A short description of a hook's result for the trace log."""
+    if isinstance(value, list | tuple):
+        names = [getattr(v, "name", None) or getattr(v, "__name__", None) or type(v).__name__
+                 for v in value]
+        return f"[{', '.join(map(str, names[:8]))}{', ...' if len(names) > 8 else ''}]"
+    return repr(value)[:80]
 
 
 class PluginHost:
@@ -135,8 +165,13 @@ class PluginHost:
         builtins: Iterable[str] = DEFAULT_PLUGINS,
         entry_points: bool = True,
         extra: Iterable[tuple[str, Any]] = (),
+        previous: PluginHost | None = None,
     ) -> PluginHost:
-        """Load built-ins, installed plugins and ``plugins_dir/*.py``; collect their stages."""
+        """Load built-ins, installed plugins and ``plugins_dir/*.py``; collect their stages.
+
+        With ``previous`` (a reload), a local file whose content did not change keeps its
+        module (its state, and what its ``startup`` did); a changed one is executed anew.
+        """
         host = cls()
         disabled = {_norm(n) for n in _env_list("COMPANION_DISABLED_PLUGINS") or []}
         for modname in builtins:
@@ -146,7 +181,7 @@ class PluginHost:
         for name, obj in extra:
             host._register(name, obj, PluginInfo(name=name, module=obj))
         if plugins_dir is not None:
-            host.load_directory(plugins_dir, disabled)
+            host.load_directory(plugins_dir, disabled, previous=previous)
         host.collect_stages()
         return host
 
@@ -175,6 +210,16 @@ class PluginHost:
             known = ", ".join(sorted(n for n in dir(self.pm.hook) if not n.startswith("_")))
             msg = f"unknown hook(s) {', '.join(sorted(unknown))}; known hooks: {known}"
             self._fail(PluginFailure(name, "hooks", msg, info.source))
+            return False
+        wrappers = sorted(hc.name for hc in self.pm.get_hookcallers(obj) or []
+                          for impl in hc.get_hookimpls()
+                          if impl.plugin is obj and (impl.hookwrapper or impl.wrapper))
+        if wrappers:
+            self.pm.unregister(obj)
+            self._fail(PluginFailure(name, "hooks", (
+                f"hook wrappers are not supported ({', '.join(wrappers)}): drop "
+                "hookwrapper=True / wrapper=True; every implementation is called on its own "
+                "and failures are isolated per plugin"), info.source))
             return False
         self.infos[name] = info
         return True
@@ -219,15 +264,30 @@ class PluginHost:
                 self._register(ep.name, obj, PluginInfo(
                     name=ep.name, module=obj, version=dist.version, distribution=dist_name))
 
-    def load_directory(self, directory: Path, disabled: set[str] | None = None) -> None:
-        """Load every ``*.py`` file of ``directory`` as a plugin (fresh code each call)."""
+    def load_directory(self, directory: Path, disabled: set[str] | None = None, *,
+                       previous: PluginHost | None = None) -> None:
+        """Load every ``*.py`` file of ``directory`` as a plugin; a file unchanged since
+        ``previous`` loaded it keeps its module, a new or changed one is probed and run."""
         if not directory.is_dir():
             return
         disabled = disabled or set()
-        for path in sorted(directory.glob("*.py")):
-            if path.name.startswith(("_", ".")) or _norm(path.stem) in disabled:
+        paths = [p for p in sorted(directory.glob("*.py"))
+                 if not p.name.startswith(("_", ".")) and _norm(p.stem) not in disabled]
+        digests = {p: _digest(p) for p in paths}
+        kept = previous.infos if previous is not None else {}
+        fresh = [p for p in paths if not ((old := kept.get(p.stem)) and old.source == str(p)
+                                          and old.digest == digests[p])]
+        refused = probe_plugin_files(fresh)
+        for path in paths:
+            old = kept.get(path.stem)
+            if path not in fresh and old is not None:
+                self._register(path.stem, old.module, old)  # unchanged: the same module
+                continue
+            if path in refused:
+                self._fail(PluginFailure(path.stem, "import", refused[path], str(path)))
                 continue
             modname = LOCAL_MODULE_PREFIX + path.stem
+            logger.info("importing local plugin {}", path)
             try:
                 spec = importlib.util.spec_from_file_location(modname, path)
                 assert spec is not None and spec.loader is not None
@@ -241,27 +301,17 @@ class PluginHost:
                 src = f"{path}:{line}" if line else str(path)
                 self._fail(PluginFailure(path.stem, "import", err, src), exc)
                 continue
-            self._register(path.stem, module,
-                           PluginInfo(name=path.stem, module=module, source=str(path)))
+            self._register(path.stem, module, PluginInfo(
+                name=path.stem, module=module, source=str(path), digest=digests[path]))
 
     # --- stages ---------------------------------------------------------------------------
 
     def collect_stages(self) -> None:
         """Call every registration hook one impl at a time, attributing each class."""
         for kind, (base, hook_name) in STAGE_KINDS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            # get_hookimpls() is in reverse call order: built-ins (registered first) come first.
-            for impl in caller.get_hookimpls():
-                plugin = impl.plugin_name
-                try:
-                    result = impl.function(*[{}.get(a) for a in impl.argnames])
-                    # A single class is accepted as well as a list of them.
-                    classes = [result] if isinstance(result, type) else list(result or [])
-                except Exception as exc:
-                    self._fail(PluginFailure(plugin, "register",
-                                             f"{hook_name} raised {type(exc).__name__}: {exc}"),
-                               exc)
-                    continue
+            for plugin, result in self.each(hook_name, order="registration", stage="register"):
+                # A single class is accepted as well as a list of them.
+                classes = [result] if isinstance(result, type) else list(result or [])
                 for cls in classes:
                     problem = _check_stage_class(cls, base)
                     if problem:
@@ -279,35 +329,69 @@ class PluginHost:
     def stage(self, kind: str, name: str) -> StageInfo | None:
         return self.stages[kind].get(name)
 
-    # --- host hooks -----------------------------------------------------------------------
+    # --- calling hooks --------------------------------------------------------------------
 
-    async def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a host hook impl by impl, awaiting async ones; failures are isolated."""
-        results = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+    def each(self, hook_name: str, *, order: str = "call", plugins: Iterable[str] | None = None,
+             stage: str | None = None, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """``(plugin, result)`` of every impl of ``hook_name``, called one at a time.
+
+        ``order="call"`` is pluggy's (newest plugin first); ``"registration"`` the reverse
+        (built-ins first). ``plugins`` limits the call to those plugin names. A raising
+        impl is reported (``stage``, default ``hook:<name>``) and skipped; results may be
+        awaitables (async hooks): ``call`` awaits them.
+        """
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        if order == "call":
+            impls = list(reversed(impls))
+        only = set(plugins) if plugins is not None else None
+        trace = _flag("COMPANION_TRACE_PLUGINS")
+        for impl in impls:
+            if only is not None and impl.plugin_name not in only:
+                continue
+            started = time.perf_counter()
             try:
                 value = impl.function(*[kwargs[a] for a in impl.argnames])
-                if inspect.isawaitable(value):
-                    value = await value
             except Exception as exc:
-                self._fail(PluginFailure(impl.plugin_name, f"hook:{hook_name}",
-                                         f"{type(exc).__name__}: {exc}"), exc)
+                self._fail(PluginFailure(impl.plugin_name, stage or f"hook:{hook_name}",
+                                         f"{hook_name} raised {type(exc).__name__}: {exc}"),
+                           exc)
                 continue
+            if trace:
+                logger.info("plugin trace: {}.{}({}) -> {} in {:.2f} ms", impl.plugin_name,
+                            hook_name, ", ".join(impl.argnames), _summary(value),
+                            (time.perf_counter() - started) * 1000)
+            yield impl.plugin_name, value
+
+    async def call(self, hook_name: str, *, plugins: Iterable[str] | None = None,
+                   **kwargs: Any) -> list[Any]:
+        """Call a host hook impl by impl, awaiting async ones; failures are isolated."""
+        results = []
+        for plugin, value in self.each(hook_name, plugins=plugins, **kwargs):
+            if inspect.isawaitable(value):
+                try:
+                    value = await value
+                except Exception as exc:
+                    self._fail(PluginFailure(plugin, f"hook:{hook_name}",
+                                             f"{hook_name} raised {type(exc).__name__}: {exc}"),
+                               exc)
+                    continue
             if value is not None:
                 results.append(value)
         return results
 
     def collect_routes(self, engine: Any) -> list[tuple[str, Any]]:
         """``register_routes`` results as (plugin name, route def) pairs."""
-        routes: list[tuple[str, Any]] = []
-        for impl in reversed(self.pm.hook.register_routes.get_hookimpls()):
-            try:
-                value = impl.function(*[{"engine": engine}[a] for a in impl.argnames])
-                routes.extend((impl.plugin_name, r) for r in value or [])
-            except Exception as exc:
-                self._fail(PluginFailure(impl.plugin_name, "hook:register_routes",
-                                         f"{type(exc).__name__}: {exc}"), exc)
-        return routes
+        return [(plugin, route) for plugin, value in self.each("register_routes", engine=engine)
+                for route in value or []]
+
+    def plugin_objects(self) -> dict[str, Any]:
+        """Registered plugin name -> its module or object (to tell what a reload changed)."""
+        return {name: self.pm.get_plugin(name) for name in self.infos}
+
+    def implements(self, name: str, hook_name: str) -> bool:
+        obj = self.pm.get_plugin(name)
+        return obj is not None and any(
+            hc.name == hook_name for hc in self.pm.get_hookcallers(obj) or [])
 
     # --- listing --------------------------------------------------------------------------
 
@@ -330,6 +414,13 @@ class PluginHost:
                 "stages": stages,
             })
         return {"plugins": plugins, "errors": [e.as_dict() for e in self.errors]}
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _check_stage_class(cls: Any, base: type[Stage]) -> str | None:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +37,7 @@ from companion_engine.engine import ReloadStatus
 from companion_engine.errors import ConfigError, Problem
 from companion_engine.keys import ENGINE
 from companion_engine.pipeline import build_pipeline
-from companion_engine.plugins import PluginHost
+from companion_engine.plugins import PluginFailure, PluginHost
 
 if TYPE_CHECKING:
     from companion_engine.config import AppConfig, Profile
@@ -167,6 +167,19 @@ class Candidate:
     restart_required: list[str]
 
 
+class PluginReloadError(ConfigError):
+    """A reload refused because local plugin files failed; ``failures`` says how."""
+
+    def __init__(self, problems: list[Problem], failures: list[PluginFailure]) -> None:
+        super().__init__(problems)
+        self.failures = failures
+
+
+def local_plugin_names(config: AppConfig) -> set[str]:
+    folder = config.path("plugins")
+    return {p.stem for p in folder.glob("*.py")} if folder.is_dir() else set()
+
+
 def local_plugin_problems(host: PluginHost, plugins_dir: Path) -> list[Problem]:
     """Failures of ``plugins/*.py`` files in a freshly loaded host, as file:line problems.
 
@@ -183,6 +196,34 @@ def local_plugin_problems(host: PluginHost, plugins_dir: Path) -> list[Problem]:
             file, line = (head, int(tail)) if tail.isdigit() else (err.source, None)
         problems.append(Problem(file, line, "", f"plugin {err.plugin}: {err.stage}: {err.error}"))
     return problems
+
+
+@dataclass(slots=True)
+class PluginChanges:
+    """What a reload changes among the loaded plugins (by module identity)."""
+
+    #: Plugins of the old host whose code goes away: they get ``shutdown``.
+    stopped: list[str] = field(default_factory=list)
+    #: Plugins of the new host that are new code: they get ``startup``.
+    started: list[str] = field(default_factory=list)
+    #: Route plugins among them: routes are fixed once the server listens.
+    restart_required: list[str] = field(default_factory=list)
+
+
+def plugin_changes(old: PluginHost, new: PluginHost) -> PluginChanges:
+    """Compare two hosts: built-ins and installed plugins are the same module objects in
+    both (imports are cached), a re-executed ``plugins/*.py`` file is a new one."""
+    changes = PluginChanges()
+    if new is old:
+        return changes
+    before, after = old.plugin_objects(), new.plugin_objects()
+    changes.stopped = [n for n, obj in before.items() if after.get(n) is not obj]
+    changes.started = [n for n, obj in after.items() if before.get(n) is not obj]
+    with_routes = {n for n in changes.stopped if old.implements(n, "register_routes")}
+    with_routes |= {n for n in changes.started if new.implements(n, "register_routes")}
+    changes.restart_required = [f"plugins/{n}.py: routes (they keep serving the code the "
+                                "server started with)" for n in sorted(with_routes)]
+    return changes
 
 
 def prepare(running: AppConfig, current_host: PluginHost, pins: dict[str, Any],
@@ -205,10 +246,11 @@ def prepare(running: AppConfig, current_host: PluginHost, pins: dict[str, Any],
     profile, doc = load_profile(fresh)
     host = current_host
     if reload_plugins:
-        host = PluginHost.load(fresh.path("plugins"))
+        host = PluginHost.load(fresh.path("plugins"), previous=current_host)
         problems = local_plugin_problems(host, fresh.path("plugins"))
         if problems:
-            raise ConfigError(problems)
+            raise PluginReloadError(problems, [e for e in host.errors
+                                               if e.plugin in local_plugin_names(fresh)])
     return Candidate(fresh, profile, doc, host, restart_required)
 
 
@@ -229,6 +271,10 @@ class Reloader:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        #: Local plugin failures that made the last reload fail (the old code still runs).
+        self.rejected_plugins: list[PluginFailure] = []
+        #: Plugin files whose routes changed since start-up (routes need a restart).
+        self._stale_routes: set[str] = set()
 
     @property
     def watching(self) -> bool:
@@ -289,13 +335,25 @@ class Reloader:
                                       doc=candidate.doc)
             await pipeline.setup(engine)
         except ConfigError as exc:
+            if isinstance(exc, PluginReloadError):
+                self.rejected_plugins = exc.failures
             self._failed(reason, str(exc))
             return False
         except Exception as exc:  # a bug or a plugin misbehaving: still never fatal
             logger.opt(exception=exc).error("reload ({}) crashed", reason)
             self._failed(reason, f"{type(exc).__name__}: {exc}")
             return False
+        previous_host = engine.plugins
+        changed = plugin_changes(previous_host, candidate.plugins)
+        self._stale_routes.update(changed.restart_required)
+        candidate.restart_required.extend(sorted(self._stale_routes))
+        if candidate.plugins is not previous_host:
+            self.rejected_plugins = []
         self._swap(candidate, pipeline)
+        if changed.stopped:  # the old code of a changed or removed plugin file says goodbye
+            await previous_host.call("shutdown", plugins=changed.stopped, engine=engine)
+        if changed.started:  # and the new code is started, as at start-up
+            await engine.plugins.call("startup", plugins=changed.started, engine=engine)
         logger.info("reloaded ({}): generation {}, profile {} in {:.0f} ms{}", reason,
                     pipeline.generation, candidate.profile.name,
                     (time.perf_counter() - started) * 1000,

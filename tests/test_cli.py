@@ -75,12 +75,18 @@ def test_plugins_json(tmp_path: Path) -> None:
     root = make_project(tmp_path)
     write_plugin(root / "plugins", "broken", "raise ValueError('x')\n")
     out = companion("plugins", "--json", cwd=root)
-    assert out.returncode == 0
+    assert out.returncode == 1  # a plugin failed (issue 19.8)
     data = json.loads(out.stdout)
     assert any(p["name"] == "companion_engine.routes.system" for p in data["plugins"])
     assert data["errors"][0]["plugin"] == "broken"
     human = companion("plugins", cwd=root)
+    assert human.returncode == 1
     assert "FAILED broken" in human.stdout
+    assert "no third-party plugins installed" not in human.stdout
+    assert "1 plugin(s) failed to load" in human.stderr
+    (root / "plugins" / "broken.py").unlink()
+    fine = companion("plugins", cwd=root)
+    assert fine.returncode == 0 and "no third-party plugins installed" in fine.stdout
 
 
 def free_port() -> int:

@@ -213,7 +213,12 @@ async def api_status(request: web.Request) -> web.Response:
 @routes.get("/-/plugins", response=PluginsListing, summary="Loaded plugins and load failures",
             tags=["introspection"], errors=(401,))
 async def plugins(request: web.Request) -> web.Response:
-    return json_response(request.app[ENGINE].plugins.listing())
+    engine = request.app[ENGINE]
+    listing = engine.plugins.listing()
+    if engine.reloader is not None:  # a changed file the last reload refused to load
+        listing["errors"] += [{**f.as_dict(), "rejected_reload": True}
+                              for f in engine.reloader.rejected_plugins]
+    return json_response(listing)
 
 
 @routes.get("/-/config", summary="The running config and profile, secrets redacted",
