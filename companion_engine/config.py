@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from companion_engine.patterns import AudioFormat
+
 #: A stage as written in YAML: ``name`` or ``{name: {options}}``.
 StageSpec = str | dict[str, dict[str, Any] | None]
 
@@ -212,6 +214,23 @@ DEFAULT_PROMPT: list[StageSpec] = [
 ]
 
 
+def _voice_or_none(v: str | None) -> str | None:
+    from companion_engine.patterns import check_voice_name
+
+    return v if v == "none" else check_voice_name(v)
+
+
+class SpeechVoices(ConfigModel):
+    """Voices per part of a reply: ``dialogue`` (inside quotes, and replies with no quotes at
+    all) and ``narration`` (``*actions*`` and prose outside quotes). ``none`` leaves that part
+    unspoken; unset: the backend's voice (narration: the dialogue voice)."""
+
+    dialogue: str | None = None
+    narration: str | None = None
+
+    _names = field_validator("dialogue", "narration")(_voice_or_none)
+
+
 class SpeechConfig(ConfigModel):
     enabled: bool = True
     splitter: StageRef = Field(default_factory=lambda: StageRef(name="sentence"))
@@ -221,9 +240,28 @@ class SpeechConfig(ConfigModel):
     tts: StageRef = Field(default_factory=lambda: StageRef(name="espeak"))
     #: Sentences synthesised at once (n+1 is made while n is sent).
     concurrency: int = Field(default=2, ge=1, le=16)
+    #: Narration and dialogue in their own voices (unset: one voice; actions per the cleaners).
+    voices: SpeechVoices | None = None
+    #: Words said differently: ``{"Seraphina": "Sera-feena"}`` (see docs/voice.md).
+    lexicon: dict[str, str] = Field(default_factory=dict)
+    #: Audio sent to clients: ``wav``, ``pcm16``, ``opus`` (Ogg) or ``mp3``; unset: as the
+    #: backend makes it (WAV for espeak and Piper).
+    audio_format: AudioFormat | None = None
+    #: Send each sentence's audio in parts (``audio_chunk``) as it is synthesised.
+    chunked_audio: bool = False
+    #: Text waiting to be spoken, at most (characters); sentences beyond it are not spoken
+    #: (``audio_error``), so a runaway reply cannot queue unbounded speech.
+    max_backlog_chars: int = Field(default=20_000, ge=100, le=10_000_000)
 
     _splitter = field_validator("splitter", "tts", mode="before")(_stage_one)
     _cleaners = field_validator("cleaners", mode="before")(_stage_list)
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon(cls, v: dict[str, str]) -> dict[str, str]:
+        from companion_engine.speech.lexicon import check_entries
+
+        return check_entries(v)
 
 
 class Profile(ConfigModel):

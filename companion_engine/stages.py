@@ -116,6 +116,9 @@ class Audio:
     sample_rate: int = 22050
     visemes: list[dict[str, Any]] = field(default_factory=list)
     duration_ms: int | None = None
+    #: In ``TTSBackend.stream``: this is the sentence's last part (lets the session mark it
+    #: ``final`` at once instead of waiting for the stream to end).
+    final: bool = False
 
 
 class TTSBackend(Stage):
@@ -133,6 +136,14 @@ class TTSBackend(Stage):
         """Voices this backend offers (``GET /api/tts/voices``): dicts with at least
         ``name``; ``language``, ``gender``, ``quality``, ``sample_rate`` where known."""
         return []
+
+    async def stream(self, text: str, turn: Turn) -> AsyncIterator[Audio]:
+        """The sentence's audio in parts as it is made (chunked audio); each part is a
+        playable ``Audio`` of its own, the parts back to back are the sentence. The default
+        is one part, the whole ``synthesize`` result."""
+        audio = await self.synthesize(text, turn)
+        audio.final = True
+        yield audio
 
 
 #: Stage kind -> (base class, registration hook name).

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from companion_engine.config import Profile
 from companion_engine.speech.lexicon import lexicon
 from companion_engine.speech.normalize import cardinal, normalize_en, ordinal, year
 
@@ -98,6 +100,27 @@ def test_lexicon_layers_card_over_profile() -> None:
     assert lex.apply("Aria's GIF") == "Ah-ria's jif"
     assert not lexicon({}, None)
     assert lexicon({"a": "b"}) is lexicon({"a": "b"})  # compiled once per content
+
+
+@pytest.mark.parametrize("bad", [{"": "x"}, {"a\nb": "x"}, {"k" * 101: "x"}, {"a": 5},
+                                 {"a": "x" * 401}, ["not", "a", "map"]])
+def test_lexicon_garbage_in_the_profile_is_refused(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        Profile.model_validate({"speech": {"lexicon": bad}})
+
+
+def test_speech_config_names() -> None:
+    p = Profile.model_validate({"speech": {
+        "voices": {"dialogue": "en-us+f3", "narration": "none"}, "lexicon": {"Aria": "Ah-ria"},
+        "audio_format": "opus", "chunked_audio": True, "max_backlog_chars": 5000}})
+    assert p.speech.voices is not None and p.speech.voices.narration == "none"
+    assert p.speech.audio_format == "opus" and p.speech.chunked_audio
+    assert Profile().speech.audio_format is None  # unset: as the backend makes it
+    for bad in ({"audio_format": "flac"}, {"voices": {"dialog": "x"}},
+                {"voices": {"narration": "../etc/passwd"}}, {"chunked_audio": "maybe"},
+                {"max_backlog_chars": 0}, {"voices": "en-us"}):
+        with pytest.raises(ValidationError):
+            Profile.model_validate({"speech": bad})
 
 
 # --- emoticons ------------------------------------------------------------------------------

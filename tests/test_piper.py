@@ -15,8 +15,8 @@ import pytest
 
 from companion_engine.builtin.piper import PiperLocalTTS
 from companion_engine.config import Profile
+from companion_engine.errors import UnknownVoiceError
 from companion_engine.speech import piper
-from companion_engine.speech.espeak import UnknownVoiceError
 from companion_engine.speech.visemes import visemes_from_phonemes
 from companion_engine.turn import Turn
 
@@ -114,6 +114,7 @@ async def test_streamed_parts_concatenate_to_the_whole_sentence(
     whole, rate = pcm_of((await tts.synthesize(text, turn())).data)
     parts = [a async for a in tts.stream(text, turn())]
     assert len(parts) >= 3
+    assert [p.final for p in parts] == [False] * (len(parts) - 1) + [True]
     first, _ = pcm_of(parts[0].data)
     assert len(first) / rate < 0.25  # the first part is short: it goes out early
     joined = np.concatenate([pcm_of(p.data)[0] for p in parts])
@@ -141,7 +142,7 @@ async def test_visemes_from_phoneme_durations_in_the_espeak_format(
 
 async def test_unknown_voice_is_an_unknown_voice_error(loaded: piper.PiperModel) -> None:
     t = turn()
-    t.stash["tts_voice"] = "en_XX-nobody-high"
+    t.voice = "en_XX-nobody-high"
     with pytest.raises(UnknownVoiceError, match="nobody"):
         await backend().synthesize("Hi.", t)
 

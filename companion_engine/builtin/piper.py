@@ -11,6 +11,7 @@ the backend says so in one log line and speaks with espeak-ng instead.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -19,8 +20,8 @@ from loguru import logger
 from pydantic import Field
 
 from companion_engine import hookimpl
+from companion_engine.errors import UnknownVoiceError
 from companion_engine.speech import piper
-from companion_engine.speech.espeak import UnknownVoiceError
 from companion_engine.speech.visemes import visemes_from_phonemes
 from companion_engine.speech.wav import pcm_to_wav
 from companion_engine.stages import Audio, StageOptions, TTSBackend
@@ -28,14 +29,6 @@ from companion_engine.stages import Audio, StageOptions, TTSBackend
 if TYPE_CHECKING:
     from companion_engine.engine import Engine
     from companion_engine.turn import Turn
-
-
-def requested_voice(turn: Turn | None) -> str | None:
-    """The voice the client asked for this turn (``turn.voice``), if any."""
-    voice = getattr(turn, "voice", None) if turn is not None else None
-    if voice is None and turn is not None:  # before Plugin API 1.0: the stash key
-        voice = turn.stash.get("tts_voice")
-    return voice if isinstance(voice, str) and voice else None
 
 
 class PiperLocalTTS(TTSBackend):
@@ -164,8 +157,8 @@ class PiperLocalTTS(TTSBackend):
         return await asyncio.shield(pending)
 
     async def _voice_for(self, turn: Turn | None) -> piper.PiperModel:
-        asked = requested_voice(turn)
-        if asked is None or (self._default is not None and asked in (
+        asked = turn.voice if turn is not None else None
+        if not asked or (self._default is not None and asked in (
                 self._default.id, self.options.voice)):
             assert self._default is not None
             return await self._model(self._default)
@@ -216,20 +209,17 @@ def _audio(chunk: piper.PcmChunk) -> Audio:
     duration = chunk.duration_ms
     visemes = visemes_from_phonemes(chunk.phonemes, duration) if chunk.phonemes else []
     return Audio(data=pcm_to_wav(chunk.pcm, chunk.sample_rate), format="wav",
-                 sample_rate=chunk.sample_rate, visemes=visemes, duration_ms=duration)
+                 sample_rate=chunk.sample_rate, visemes=visemes, duration_ms=duration,
+                 final=chunk.final)
 
 
 def _without_voice(turn: Turn) -> Turn:
     """The turn for the espeak fallback: Piper voice names mean nothing to espeak."""
-    if requested_voice(turn) is None:
+    if not turn.voice:
         return turn
-    import dataclasses
-
-    copy = dataclasses.replace(turn, stash={k: v for k, v in turn.stash.items()
-                                            if k != "tts_voice"})
-    if hasattr(copy, "voice"):
-        copy.voice = None
-    return copy
+    view = copy.copy(turn)
+    view.voice = None
+    return view
 
 
 def _quiet(task: asyncio.Future[None]) -> None:
@@ -242,19 +232,3 @@ def _quiet(task: asyncio.Future[None]) -> None:
 def register_tts_backends() -> list[type[TTSBackend]]:
     return [PiperLocalTTS]
 
-
-async def _start(engine: Engine) -> None:
-    tts = engine.pipeline.tts
-    if isinstance(tts, PiperLocalTTS):
-        await tts.setup(engine)
-
-
-@hookimpl
-async def startup(engine: Engine) -> None:
-    """Start loading the Piper voice before the first turn needs it."""
-    await _start(engine)
-
-
-@hookimpl
-async def config_reloaded(engine: Engine) -> None:
-    await _start(engine)

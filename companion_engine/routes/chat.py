@@ -16,6 +16,7 @@ from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.speech import formats
 
 routes = ApiRoutes()
 
@@ -26,12 +27,13 @@ ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
 #: OpenAPI 3.1: ``schema`` of ``text/event-stream`` describes one event.
 SSE_DOC = {"text/event-stream": {"schema": {
     "type": "object",
-    "description": "Events provider_connected, content, audio_ready, audio_error, done or "
-                   "error; each `event: NAME` + `data: <one-line JSON>`. See docs/chat.md.",
+    "description": "Events provider_connected, content, audio_ready (or audio_chunk), "
+                   "audio_error, done or error; each `event: NAME` + `data: <one-line JSON>`. "
+                   "See docs/chat.md.",
     "required": ["event", "data"],
     "properties": {
         "event": {"type": "string", "enum": ["provider_connected", "content", "audio_ready",
-                                             "audio_error", "done", "error"]},
+                                             "audio_chunk", "audio_error", "done", "error"]},
         "data": {"type": "string", "contentMediaType": "application/json"},
     }}}}
 
@@ -62,6 +64,10 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     req = await read_body(request, ChatRequest)
     async with engine.lease() as pipeline:
         speak = req.enable_tts if req.enable_tts is not None else pipeline.profile.speech.enabled
+        if speak and req.audio_format:
+            why = formats.unavailable(req.audio_format)
+            if why is not None:
+                raise ApiError(422, why)
         runner = await _runner(engine, pipeline, req, speak=speak)
         writer = await SSEWriter.open(request)
         await runner.stream_to(writer)

@@ -12,8 +12,10 @@ from companion_engine import hookimpl
 from companion_engine.errors import ApiError, UnknownVoiceError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
-from companion_engine.patterns import check_voice_name
+from companion_engine.patterns import AudioFormat, check_voice_name
+from companion_engine.speech import formats
 from companion_engine.speech.session import speech_text
+from companion_engine.speech.wav import WavError, wav_info
 from companion_engine.turn import Turn
 
 routes = ApiRoutes()
@@ -21,8 +23,8 @@ routes = ApiRoutes()
 #: Longest text one request may speak (AllTalk's limit; OpenAI allows 4096 too).
 MAX_TTS_CHARS = 4096
 
-CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "opus": "audio/ogg",
-                 "aac": "audio/aac", "flac": "audio/flac"}
+#: Content types of formats backends return that ``formats`` does not make.
+CONTENT_TYPES = {"aac": "audio/aac", "flac": "audio/flac"}
 
 
 class TTSRequest(BaseModel):
@@ -33,6 +35,9 @@ class TTSRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TTS_CHARS)
     #: A voice of the backend (see ``GET /api/tts/voices``); default: the profile's.
     voice: str | None = Field(default=None, max_length=100)
+    #: ``wav``, ``pcm16``, ``opus`` or ``mp3``; default: the profile's ``speech.audio_format``,
+    #: else the backend's own (WAV).
+    audio_format: AudioFormat | None = None
 
     @field_validator("text")
     @classmethod
@@ -69,9 +74,11 @@ async def list_voices(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/tts", body=TTSRequest, summary="Speak a text",
-             description="Cleans the text with the profile's speech cleaners and returns the "
-                         "audio (WAV unless the backend is configured for another format).",
-             response_content={"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+             description="Applies the profile's lexicon and speech cleaners and returns the "
+                         "audio: `audio_format` (default the profile's speech.audio_format, "
+                         "else the backend's own, WAV for espeak and Piper).",
+             response_content={t: {"schema": {"type": "string", "format": "binary"}}
+                               for t in ("audio/wav", "audio/ogg", "audio/mpeg", "audio/L16")},
              tags=["tts"], errors=(400, 409, 413, 422, 502))
 async def speak(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
@@ -81,6 +88,10 @@ async def speak(request: web.Request) -> web.Response:
         if not tts.speaks:
             raise ApiError(409, f"text-to-speech is off: this profile's speech.tts is "
                                 f"{tts.name!r}")
+        target = body.audio_format or pipeline.profile.speech.audio_format
+        why = formats.unavailable(target) if target else None
+        if why is not None:
+            raise ApiError(422, why)
         turn = Turn(profile=pipeline.profile, user_message="", engine=engine, voice=body.voice)
         spoken = await speech_text(pipeline, body.text, turn)
         if not spoken:
@@ -93,11 +104,25 @@ async def speak(request: web.Request) -> web.Response:
         except Exception as exc:
             logger.warning("POST /api/tts: {} failed: {}", tts.name, exc)
             raise ApiError(502, f"TTS backend {tts.name!r} failed: {exc}") from None
-    headers = {"X-Sample-Rate": str(audio.sample_rate)}
-    if audio.duration_ms is not None:
-        headers["X-Audio-Duration-Ms"] = str(audio.duration_ms)
-    return web.Response(body=audio.data, headers=headers,
-                        content_type=CONTENT_TYPES.get(audio.format, "application/octet-stream"))
+    duration_ms = audio.duration_ms
+    if duration_ms is None and audio.format == "wav":
+        try:
+            duration_ms = wav_info(audio.data).duration_ms
+        except WavError:
+            pass
+    data, fmt, rate = audio.data, audio.format, audio.sample_rate
+    if target is not None and target != audio.format:
+        try:
+            out = await formats.convert_async(audio.data, audio.format, rate, target)
+        except formats.AudioFormatError as exc:
+            raise ApiError(502, f"TTS backend {tts.name!r} audio could not be converted to "
+                                f"{target}: {exc}") from None
+        data, fmt, rate = out.data, out.format, out.sample_rate
+    headers = {"X-Sample-Rate": str(rate)}
+    if duration_ms is not None:
+        headers["X-Audio-Duration-Ms"] = str(duration_ms)
+    content_type = CONTENT_TYPES.get(fmt) or formats.content_type(fmt, rate)
+    return web.Response(body=data, headers={**headers, "Content-Type": content_type})
 
 
 @hookimpl

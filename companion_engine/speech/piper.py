@@ -206,6 +206,8 @@ class PcmChunk:
     sample_rate: int
     #: ``(time_ms from the start of this chunk, ipa)``; an empty phoneme is a pause.
     phonemes: list[tuple[int, str]] = field(default_factory=list)
+    #: The text's last chunk.
+    final: bool = False
 
     @property
     def duration_ms(self) -> int:
@@ -381,7 +383,7 @@ class PiperModel:
             pcm.append(chunk)
             offset += round(len(chunk) / 2 * 1000 / self.sample_rate)
         data = _apply_volume(b"".join(pcm), o.volume)
-        return PcmChunk(data, self.sample_rate, _viseme_phonemes(phonemes))
+        return PcmChunk(data, self.sample_rate, _viseme_phonemes(phonemes), final=True)
 
     def _ms(self, frame: int) -> int:
         return round(frame * HOP * 1000 / self.sample_rate)
@@ -506,7 +508,11 @@ class PiperVoices:
             return
         sentences = await self.run(model.phonemize, text)
         window = max(1, first_frames)
-        for phonemes in sentences:
+        if not sentences:
+            yield PcmChunk(b"", model.sample_rate, [], final=True)
+            return
+        for number, phonemes in enumerate(sentences):
+            last_sentence = number == len(sentences) - 1
             enc = await self.run(model.encode, phonemes, o)
             start = 0
             while start < enc.frames:
@@ -516,7 +522,7 @@ class PiperVoices:
                 ph = [(model._ms(f) - first_ms, p) for f, p in enc.phonemes
                       if model._ms(start) <= model._ms(f) < last_ms]
                 yield PcmChunk(_apply_volume(pcm, o.volume), model.sample_rate,
-                               _viseme_phonemes(ph))
+                               _viseme_phonemes(ph), final=last_sentence and end == enc.frames)
                 start = end
                 window = min(MAX_WINDOW_FRAMES, window * 2)
 
