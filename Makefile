@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check companion_engine tests benchmarks
+	$(BIN)/ruff check companion_engine tests benchmarks examples
 
 check: $(STAMP)
 	$(BIN)/companion check

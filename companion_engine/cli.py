@@ -8,12 +8,14 @@ import ipaddress
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from companion_engine import __version__
 from companion_engine.errors import ConfigError, Problem, StartupError
+from companion_engine.scaffold import KINDS
 
 DESCRIPTION = """\
 Companion Engine: a server for AI companion apps (character chat with streaming voice).
@@ -63,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(plugins)
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.add_argument("--all", action="store_true", help="include built-in plugins")
+    actions = plugins.add_subparsers(dest="plugins_command", metavar="ACTION")
+    new = actions.add_parser(
+        "new", help="write a new plugin package, ready to test and publish",
+        description="Write companion-NAME/: pyproject.toml with the entry point, the stage, "
+                    "a pytest suite using companion_engine.testing, and a README. Its tests "
+                    "pass as generated: cd companion-NAME && pip install -e '.[test]' && pytest")
+    new.add_argument("name", help="plugin name, e.g. beep-voice (stage beep_voice, "
+                                  "package companion-beep-voice)")
+    new.add_argument("--kind", choices=sorted(KINDS), default="sanitizer",
+                     help="; ".join(f"{k}: {v}" for k, v in KINDS.items()))
+    new.add_argument("--dir", type=Path, default=Path("."), help="parent folder (default: .)")
+    install = actions.add_parser(
+        "install", help="pip-install plugins into the engine's own environment",
+        description="Run pip install in the environment companion runs from, then list "
+                    "the stages each newly installed plugin registers.")
+    install.add_argument("specs", nargs=argparse.REMAINDER, metavar="SPEC",
+                         help="what pip installs: a name, name==version, a path, -e PATH; "
+                              "pip options (-U, --no-deps, ...) pass through")
     return parser
 
 
@@ -80,7 +100,11 @@ def _print_problems(problems: list[Problem] | list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "plugins_command", None) == "install":
+        args.specs = [*args.specs, *unknown]  # pip's own options pass through
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -247,6 +271,67 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.plugins_command == "new":
+        return cmd_plugins_new(args)
+    if args.plugins_command == "install":
+        return cmd_plugins_install(args)
+    return cmd_plugins_list(args)
+
+
+def cmd_plugins_new(args: argparse.Namespace) -> int:
+    from companion_engine.scaffold import ScaffoldError, write_package
+
+    try:
+        root = write_package(args.name, args.kind, args.dir)
+    except ScaffoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {root}/ ({args.kind})")
+    print(f"  cd {root} && pip install -e '.[test]' && pytest")
+    return 0
+
+
+def _third_party_stages() -> dict[str, dict[str, Any]]:
+    """``companion plugins --json`` of a fresh process: what is installed right now."""
+    out = subprocess.run([sys.executable, "-m", "companion_engine", "plugins", "--json"],
+                         capture_output=True, text=True, check=False,
+                         env={k: v for k, v in os.environ.items()
+                              if k != "COMPANION_LOAD_PLUGINS"})
+    try:
+        listing = json.loads(out.stdout)
+    except ValueError:
+        return {}
+    return {p["name"]: p for p in listing.get("plugins", []) if not p.get("builtin")}
+
+
+def cmd_plugins_install(args: argparse.Namespace) -> int:
+    """``pip install`` into this interpreter's environment, like ``llm install``."""
+    if not args.specs:
+        print("error: name what to install, e.g. companion plugins install companion-chime",
+              file=sys.stderr)
+        return 2
+    before = _third_party_stages()
+    cmd = [sys.executable, "-m", "pip", "install", *args.specs]
+    print("$ " + " ".join(cmd[2:]), file=sys.stderr)
+    code = subprocess.call(cmd)
+    if code != 0:
+        print(f"error: pip install failed (exit code {code})", file=sys.stderr)
+        return code
+    after = _third_party_stages()
+    added = {n: p for n, p in after.items() if n not in before or p != before[n]}
+    if not added:
+        print("installed; no new Companion Engine plugin found in what pip installed "
+              "(a plugin declares an entry point in the group 'companion_engine')")
+        return 0
+    for name, p in added.items():
+        version = f" {p['version']}" if p.get("version") else ""
+        stages = "; ".join(f"{k.replace('_', ' ')}s: {', '.join(v)}"
+                           for k, v in p.get("stages", {}).items()) or "no stages"
+        print(f"installed {name}{version} ({p.get('distribution') or '?'}): {stages}")
+    return 0
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
     from companion_engine.configload import load_config
     from companion_engine.logs import setup_logging
     from companion_engine.plugins import PluginHost

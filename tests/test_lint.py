@@ -17,5 +17,6 @@ def test_ruff_clean() -> None:
     if ruff is None:
         pytest.skip("ruff is not installed (it is in the `test` extra)")
     out = subprocess.run([ruff, "check", "--output-format", "concise", "companion_engine",
-                          "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+                          "tests", "benchmarks", "examples"],
+                         cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -147,6 +147,25 @@ def test_core_modules_never_import_builtin() -> None:
     assert offenders == []
 
 
+#: The server's own machinery: not plugin API, so neither built-ins nor third parties import it.
+INTERNAL = ("chat", "routes", "app", "reload", "plugins", "plugin_probe", "pipeline",
+            "security", "middlewares", "cli", "checks", "configload", "__main__")
+
+
+def test_builtin_plugins_import_only_what_a_third_party_may() -> None:
+    """The built-ins use the same public API a third-party plugin has (docs/plugins.md)."""
+    offenders = []
+    for path in (REPO / "companion_engine" / "builtin").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] == "companion_engine" and len(parts) > 1 and parts[1] in INTERNAL:
+                    offenders.append(f"{path.name}: {mod}")
+    assert offenders == []
+
+
 async def test_stop_ends_the_reply_with_the_stages_reason(make_client: MakeClient,
                                                           llm_server: LLMTestServer) -> None:
     llm_server.push(Script(tokens=["Hey", " you!", " more", " text", " never", " sent."],

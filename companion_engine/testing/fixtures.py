@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -44,11 +45,21 @@ def companion_client(
     aiohttp_client: Callable[..., Awaitable[TestClient]],
     companion_config: Callable[..., AppConfig],
 ) -> Callable[..., Awaitable[TestClient]]:
-    """Start the real app for a config (or ``companion_config(**kwargs)``); return a client."""
-    from companion_engine.app import create_app
+    """Start the real app for a config (or ``companion_config(**kwargs)``); return a client.
 
-    async def make(app_config: AppConfig | None = None, /, **kwargs: Any) -> TestClient:
+    ``plugins=[module, ...]`` loads those plugin modules (your package, uninstalled) with the
+    built-ins and the config's ``plugins/`` files, and no other installed plugin.
+    """
+    from companion_engine.app import create_app
+    from companion_engine.plugins import PluginHost
+
+    async def make(app_config: AppConfig | None = None, /, *,
+                   plugins: Sequence[ModuleType] | None = None, **kwargs: Any) -> TestClient:
         cfg = app_config if app_config is not None else companion_config(**kwargs)
-        return await aiohttp_client(create_app(cfg))
+        host = None
+        if plugins is not None:
+            host = PluginHost.load(cfg.path("plugins"), entry_points=False,
+                                   extra=[(m.__name__, m) for m in plugins])
+        return await aiohttp_client(create_app(cfg, plugins=host))
 
     return make
