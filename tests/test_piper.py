@@ -202,3 +202,23 @@ def test_options_are_checked() -> None:
                 {"voice": ""}, {"vocie": "x"}):
         with pytest.raises(ValidationError):
             PiperLocalTTS.Options.model_validate(bad)
+
+
+async def test_a_speaker_name_the_voice_lacks_is_an_unknown_voice_error(
+        loaded: piper.PiperModel) -> None:
+    with pytest.raises(UnknownVoiceError, match="no speaker"):
+        await backend(speaker="alice").synthesize("Hi.", turn())
+    # A number on a single-speaker voice is ignored (Piper has one speaker to give).
+    assert (await backend(speaker=3, **STEADY).synthesize("Hi.", turn())).data == \
+        (await backend(**STEADY).synthesize("Hi.", turn())).data
+
+
+async def test_health_says_when_piper_falls_back_to_espeak(
+        tmp_path: Path, companion_client) -> None:  # type: ignore[no-untyped-def]
+    client = await companion_client(profile={"speech": {"enabled": True, "tts": {
+        "piper_local": {"voice": str(tmp_path / "absent.onnx")}}}})
+    audio = await client.post("/api/tts", json={"text": "Hello there."})
+    assert audio.status == 200 and (await audio.read())[:4] == b"RIFF"
+    body = await (await client.get("/health")).json()
+    assert body["tts"]["engine"] == "piper_local"
+    assert "absent.onnx" in body["tts"]["fallback"]

@@ -183,7 +183,10 @@ async def health(request: web.Request) -> web.Response:
         "version": __version__,
         "reasons": reasons,
         "llm": llm,
-        "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled},
+        "tts": {"engine": tts.name, "enabled": engine.profile.speech.enabled,
+                # A backend speaking through its fallback says why (piper_local -> espeak).
+                **({"fallback": reason} if (reason := getattr(tts, "fallback_reason", None))
+                   else {})},
         "config": status.as_dict(),
         # Which process answered, and what it shares with the others (docs/deploy.md).
         "worker": engine.worker.as_dict(),

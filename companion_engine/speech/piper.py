@@ -22,8 +22,11 @@ streaming inside a sentence, no visemes).
 
 A loaded voice is shared by every pipeline that names it (reference counted:
 ``acquire``/``release``) and by concurrent turns. ONNX Runtime sessions are
-thread-safe; each runs on one intra-op thread and the process's small pool
-(``PIPER_WORKERS`` threads) runs two sentences at once on two cores.
+thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
+sentences at once on two cores, each on one intra-op thread; a job that starts
+while no other Piper job runs (the first sentence of a reply, usually) uses a
+second set of sessions with two intra-op threads, so first audio comes from
+both cores (that costs one more copy of the weights in memory).
 Phonemisation goes through Piper's own espeak-ng bridge, which holds its own
 lock. Nothing here touches the network.
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata as md
 import json
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +58,8 @@ PIPER_WORKERS = 2
 #: Audio samples per latent frame (Piper's ``hop_length``).
 HOP = 256
 #: Latent frames of context decoded on each side of a streamed window. HiFi-GAN's receptive
-#: field is about 12 frames; 32 makes windowed samples equal to a whole decode.
-CONTEXT_FRAMES = 32
+#: field is about 12 frames; 16 makes windowed samples equal a whole decode's to one LSB.
+CONTEXT_FRAMES = 16
 #: The first streamed window (16 frames: 186 ms at 22.05 kHz), then doubling up to the cap.
 FIRST_WINDOW_FRAMES = 16
 MAX_WINDOW_FRAMES = 128
@@ -64,6 +68,15 @@ REFERENCE_TEXT = "Hello there! How are you doing today? I hope the weather is ni
 #: Peak the reference sentence is scaled to.
 REFERENCE_PEAK = 0.9
 ENTRY_POINT_GROUP = "piper_voices"
+#: Intra-op threads of a job that runs alone (see the module docstring).
+FAST_THREADS = min(2, os.cpu_count() or 1)
+
+_lane = threading.local()
+
+
+def _threads() -> int:
+    """Intra-op threads the current worker job may use."""
+    return FAST_THREADS if getattr(_lane, "alone", False) else 1
 
 
 class PiperError(RuntimeError):
@@ -240,9 +253,10 @@ class PiperModel:
         self.gain = 1.0
         self.streams = False
         self._voice: Any = None  # piper.PiperVoice (for phonemisation and ids)
-        self._encoder: Any = None
-        self._decoder: Any = None
-        self._whole: Any = None
+        #: Sessions by intra-op threads (1, and FAST_THREADS).
+        self._encoder: dict[int, Any] = {}
+        self._decoder: dict[int, Any] = {}
+        self._whole: dict[int, Any] = {}
         self._latent_name = ""
         self._extra_names: list[str] = []
         self._durations = False
@@ -258,11 +272,17 @@ class PiperModel:
         from piper.config import PiperConfig
 
         config = PiperConfig.from_dict(json.loads(self.info.config.read_text(encoding="utf-8")))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
+
+        def session(graph: bytes, threads: int) -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            # Threads sleep when idle instead of spinning: the other core stays free.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+        lanes = sorted({1, FAST_THREADS})
         model = onnx.load(str(self.info.model))
         split = _split_points(model)
         if split is not None:
@@ -271,20 +291,20 @@ class PiperModel:
             ex = onnx.utils.Extractor(model)
             encoder = ex.extract_model(enc_inputs, [latent, *extra, durations])
             decoder = ex.extract_model([latent, *extra], [audio])
-            self._encoder = ort.InferenceSession(encoder.SerializeToString(), options,
-                                                 providers=providers)
-            self._decoder = ort.InferenceSession(decoder.SerializeToString(), options,
-                                                 providers=providers)
+            enc_bytes, dec_bytes = encoder.SerializeToString(), decoder.SerializeToString()
+            del encoder, decoder
+            self._encoder = {n: session(enc_bytes, n) for n in lanes}
+            self._decoder = {n: session(dec_bytes, n) for n in lanes}
             self._latent_name, self._extra_names = latent, extra
             self._durations = True
             self.streams = True
         else:
             logger.warning("Piper voice {}: graph not split (unknown layout); no streaming "
                            "within a sentence and no visemes", self.info.id)
-            self._whole = ort.InferenceSession(model.SerializeToString(), options,
-                                               providers=providers)
+            whole = model.SerializeToString()
+            self._whole = {n: session(whole, n) for n in lanes}
         del model
-        self._voice = PiperVoice(session=self._encoder or self._whole, config=config)
+        self._voice = PiperVoice(session=(self._encoder or self._whole)[1], config=config)
         self._id_map = {k: list(v) for k, v in config.phoneme_id_map.items()}
         self._config = config
         # One gain for the voice, from a reference sentence (which also warms it up).
@@ -340,7 +360,7 @@ class PiperModel:
         import numpy as np
 
         ids, spans = self._ids(phonemes)
-        outputs = self._encoder.run(None, self._inputs(ids, o))
+        outputs = self._encoder[_threads()].run(None, self._inputs(ids, o))
         latent, *extra, widths = outputs
         widths = np.asarray(widths).reshape(-1).astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(widths)])
@@ -354,7 +374,7 @@ class PiperModel:
 
         a, b = max(0, start - context), min(enc.frames, end + context)
         latent = np.ascontiguousarray(enc.latent[:, :, a:b])
-        audio = self._decoder.run(None, {self._latent_name: latent, **enc.extra})[0]
+        audio = self._decoder[_threads()].run(None, {self._latent_name: latent, **enc.extra})[0]
         audio = np.asarray(audio).reshape(-1)[(start - a) * HOP : (end - a) * HOP]
         return self._pcm(audio)
 
@@ -372,9 +392,9 @@ class PiperModel:
         phonemes: list[tuple[int, str]] = []
         offset = 0
         for sentence in self.phonemize(text):
-            if self._whole is not None:
+            if self._whole:
                 ids, _ = self._ids(sentence)
-                audio = self._whole.run(None, self._inputs(ids, o))[0]
+                audio = self._whole[_threads()].run(None, self._inputs(ids, o))[0]
                 chunk = self._pcm(np.asarray(audio).reshape(-1))
             else:
                 enc = self.encode(sentence, o)
@@ -455,10 +475,24 @@ class PiperVoices:
         #: Guards ``_loaded``; held while a voice loads (in a worker), so it loads once.
         self._lock = threading.Lock()
         self._loaded: dict[Path, tuple[PiperModel, int]] = {}
+        self._count_lock = threading.Lock()
+        self._active = 0
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, self._job, fn, args)
+
+    def _job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """One worker job; it may use both cores when it is the only one running."""
+        with self._count_lock:
+            self._active += 1
+            _lane.alone = self._active == 1
+        try:
+            return fn(*args)
+        finally:
+            with self._count_lock:
+                self._active -= 1
+            _lane.alone = False
 
     async def acquire(self, info: VoiceInfo) -> PiperModel:
         """The loaded model of ``info`` (loading it, in a worker thread, if no one has)."""

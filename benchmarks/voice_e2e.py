@@ -1,0 +1,274 @@
+"""Voice, end to end through HTTP: first audio with Piper, chunked first bytes, Opus's cost.
+
+Three processes: a real ``companion serve`` (one with the ``piper_local`` voice, one with
+``espeak`` as the baseline), the scripted LLM server (this file run with ``--llm``), and this
+client. The LLM streams a reply at ``--rate`` tokens/s; the client timestamps each SSE event
+as it arrives. Measured per turn (median and p90 of ``--runs`` turns after warm-up):
+
+- **first audio**: from the ``content`` event that completes the first sentence (the fast
+  first fragment, "Hello there, my friend,", 23 characters) to the first ``audio_ready``;
+  Piper and espeak in the same run;
+- **chunked first bytes**: a reply whose first sentence is 80 characters with no clause mark,
+  from its completing ``content`` event to the first ``audio_chunk`` (``chunked_audio``),
+  next to the whole-sentence ``audio_ready`` of the same sentence;
+- **Opus's share**: engine CPU time per turn (``/proc/PID/stat``) for a 10-sentence reply with
+  speech off, WAV and Opus; (Opus - WAV) / (WAV - off) is encoding's share of synthesis.
+
+    python benchmarks/voice_e2e.py [--runs 10] [--rate 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FRAGMENT_REPLY = ("Hello there, my friend, it is so good to see you again today. I was "
+                  "just thinking about you and the garden we planted last spring. Shall we go "
+                  "and see how the roses are doing?")
+LONG_FIRST = "The old lighthouse keeper walked up the winding stairs to light the great lamp."
+LONG_REPLY = (f"{LONG_FIRST} Far below him the waves broke on the rocks. He smiled and began "
+              "his work.")
+ESSAY_REPLY = " ".join([
+    "The morning fog rolled in over the quiet harbor before dawn.",
+    "Fishermen prepared their nets and talked about the weather.",
+    "A gull cried somewhere above the old stone pier.",
+    "Nobody noticed the small boat drifting near the lighthouse.",
+    "It carried a letter sealed with dark green wax.",
+    "The letter was addressed to a woman who had left years ago.",
+    "Her brother still lived in the blue house by the water.",
+    "He found the boat when the tide went out that afternoon.",
+    "He read the letter twice and then sat down on the sand.",
+    "By evening the whole village knew that she was coming home.",
+])
+REPLIES = {"fragment": FRAGMENT_REPLY, "long": LONG_REPLY, "essay": ESSAY_REPLY}
+
+
+def tokens_of(text: str) -> list[str]:
+    """LLM-like tokens: words with their leading space, punctuation on its own."""
+    out: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        lead = " " if i else ""
+        if word[-1:] in ",.?!":
+            out += [lead + word[:-1], word[-1]]
+        else:
+            out.append(lead + word)
+    return out
+
+
+# --- the scripted LLM, in its own process -----------------------------------------------------
+
+
+async def serve_llm(port: int, rate: float) -> None:
+    from companion_engine.testing.llmserver import LLMTestServer, Script
+
+    class ByMessage(LLMTestServer):
+        """Plays the reply named by the last user message (fragment, long or essay)."""
+
+        async def _record(self, request: Any) -> Any:
+            rec, _ = await super()._record(request)
+            self.requests.clear()
+            last = next((m["content"] for m in reversed(rec.body.get("messages", []))
+                         if m.get("role") == "user"), "fragment")
+            name = last if last in REPLIES else "fragment"
+            delay = 0.0 if name == "essay" else 1 / rate
+            return rec, Script(tokens=tokens_of(REPLIES[name]), delay_s=delay)
+
+    server = await ByMessage.start(port)
+    print(f"llm listening on {server.url}", flush=True)
+    await asyncio.Event().wait()
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Engine:
+    def __init__(self, root: Path, tts: dict[str, Any], llm_base: str) -> None:
+        from companion_engine.testing.project import write_project
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = write_project(root, profile={
+            "llm": {"model": "openai/test-model", "api_base": llm_base, "timeout_s": 30,
+                    "max_tokens": 2000},
+            "speech": {"enabled": True, "tts": tts, "concurrency": 2,
+                       "cleaners": ["expressions", "actions", "markdown", "emoji"]},
+        }, config={"reload": False, "logging": {"level": "WARNING"},
+                   "rate_limit": {"requests": 100000, "window_s": 1}})
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = root / "engine.log"
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            str(REPO / ".venv" / "bin" / "companion"), "serve", "--config", str(self.config),
+            "--port", str(self.port), "--no-reload",
+            stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise SystemExit(f"engine exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                async with session.get(self.url + "/health") as resp:
+                    if resp.status in (200, 503):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        raise SystemExit("engine did not start")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+async def turn(session: aiohttp.ClientSession, engine: Engine, message: str,
+               **options: Any) -> list[tuple[float, str, dict[str, Any]]]:
+    """One streamed turn: ``(arrival perf_counter, event, data)`` for every event."""
+    events: list[tuple[float, str, dict[str, Any]]] = []
+    body = {"messages": [{"role": "user", "content": message}], **options}
+    async with session.post(engine.url + "/api/chat/stream", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        name = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((time.perf_counter(), name, json.loads(line[6:])))
+    assert events and events[-1][1] == "done", events[-1:]
+    return events
+
+
+def first_sentence_gap(events: list[tuple[float, str, dict[str, Any]]], audio: str) -> float:
+    """ms from the content event completing sentence 0 to the first ``audio`` event."""
+    done_at = next(t for t, n, d in events if n == "content" and d.get("sentence_complete"))
+    audio_at = next(t for t, n, d in events if n == audio and d["index"] == 0)
+    return (audio_at - done_at) * 1000
+
+
+def stats(values: list[float]) -> str:
+    v = sorted(values)
+    p90 = v[min(len(v) - 1, round(0.9 * (len(v) - 1)))]
+    return f"{statistics.median(v):.1f} ms (p90 {p90:.1f})"
+
+
+async def measure(runs: int, rate: float) -> None:
+    llm_port = free_port()
+    llm = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--llm", str(llm_port), "--rate", str(rate),
+        stdout=asyncio.subprocess.PIPE)
+    assert llm.stdout is not None
+    await llm.stdout.readline()
+    llm_base = f"http://127.0.0.1:{llm_port}/v1"
+    timeout = aiohttp.ClientTimeout(total=120)
+    with tempfile.TemporaryDirectory() as tmp:
+        piper = Engine(Path(tmp) / "piper", {"piper_local": {"voice": "en_US-joe-medium"}},
+                       llm_base)
+        espeak = Engine(Path(tmp) / "espeak", {"espeak": {"voice": "en-us"}}, llm_base)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                await piper.start(session)
+                await espeak.start(session)
+                for engine in (piper, espeak):  # warm-up: imports, the voice, caches
+                    for message in ("fragment", "long", "essay"):
+                        await turn(session, engine, message)
+                        await turn(session, engine, message, audio_format="opus",
+                                   chunked_audio=True)
+                rows = await scenarios(session, piper, espeak, runs)
+            finally:
+                await piper.stop()
+                await espeak.stop()
+                llm.terminate()
+                await llm.wait()
+    print(f"\nrate {rate:g} tokens/s, {runs} turns per row after warm-up, "
+          f"{os.cpu_count()} cores\n")
+    print("| measurement | median (p90) |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engine,
+                    runs: int) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    gaps: dict[str, list[float]] = {k: [] for k in ("piper", "espeak", "chunk", "whole")}
+    first_len = 0
+    for _ in range(runs):  # interleaved, so machine noise hits every row alike
+        ev = await turn(session, piper, "fragment")
+        gaps["piper"].append(first_sentence_gap(ev, "audio_ready"))
+        first_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
+        gaps["espeak"].append(first_sentence_gap(
+            await turn(session, espeak, "fragment"), "audio_ready"))
+        ev = await turn(session, piper, "long", chunked_audio=True)
+        gaps["chunk"].append(first_sentence_gap(ev, "audio_chunk"))
+        long_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
+        gaps["whole"].append(first_sentence_gap(await turn(session, piper, "long"),
+                                                "audio_ready"))
+    rows.append((f"Piper: first audio after the first fragment's last token "
+                 f"({first_len} chars) [goal <= 80 ms]", stats(gaps["piper"])))
+    rows.append(("espeak (baseline, same reply)", stats(gaps["espeak"])))
+    rows.append((f"Piper chunked: first audio_chunk after the {long_len}-char first sentence's "
+                 "last token [goal <= 60 ms]", stats(gaps["chunk"])))
+    rows.append(("Piper whole sentence, same sentence (baseline)", stats(gaps["whole"])))
+
+    cpu: dict[str, list[float]] = {"off": [], "wav": [], "opus": []}
+    for _ in range(runs):
+        for name, options in (("off", {"enable_tts": False}), ("wav", {"audio_format": "wav"}),
+                              ("opus", {"audio_format": "opus"})):
+            before = cpu_seconds(piper.pid)
+            ev = await turn(session, piper, "essay", **options)
+            cpu[name].append((cpu_seconds(piper.pid) - before) * 1000)
+            if name == "opus":
+                assert all(d["format"] == "opus" for _, n, d in ev if n == "audio_ready")
+    off, wav, opus = (statistics.median(cpu[k]) for k in ("off", "wav", "opus"))
+    rows.append(("engine CPU per 10-sentence turn: speech off / WAV / Opus",
+                 f"{off:.0f} / {wav:.0f} / {opus:.0f} ms"))
+    rows.append(("Opus encoding as a share of synthesis, (Opus - WAV) / (WAV - off) "
+                 "[goal <= 5%]", f"{(opus - wav) / (wav - off) * 100:.1f}%"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=30.0, help="LLM tokens per second")
+    parser.add_argument("--llm", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.llm is not None:
+        asyncio.run(serve_llm(args.llm, args.rate))
+        return
+    asyncio.run(measure(args.runs, args.rate))
+
+
+if __name__ == "__main__":
+    main()
