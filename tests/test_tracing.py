@@ -48,3 +48,14 @@ async def test_a_turn_is_one_trace_with_prompt_llm_and_synthesis_spans(
 async def test_tracing_is_off_by_default(make_client: MakeClient) -> None:
     client = await make_client()
     assert client.app[ENGINE].stash.get("companion_engine.observers.tracing") is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize("settings", [{"exporter": "zipkin"}, {"enabled": "sometimes"},
+                                      {"service_name": ""}, {"endpoint": 5}, {"sampler": 1}])
+def test_bad_tracing_settings_are_config_errors(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    from companion_engine.configload import load_config
+    from companion_engine.errors import ConfigError
+    from companion_engine.testing import write_project
+
+    with pytest.raises(ConfigError, match="tracing"):
+        load_config(write_project(tmp_path, None, {"tracing": settings}), env={})
