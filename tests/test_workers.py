@@ -218,3 +218,16 @@ def test_auto_is_one_worker_per_usable_core(tmp_path: Path) -> None:
     config = load_config(write_project(tmp_path, None, {"server": {"workers": "auto"}}),
                          env={})
     assert config.server.worker_count() == len(os.sched_getaffinity(0))
+
+
+def test_workers_refuse_a_store_they_cannot_share(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    file = write_project(tmp_path, None, {"server": {"workers": 2},
+                                          "store": {"url": "sqlite:///:memory:"}})
+    out = subprocess.run([sys.executable, "-m", "companion_engine", "serve", "--config",
+                          str(file), "--port", "0"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COMPANION_LOAD_PLUGINS": ""})
+    assert out.returncode == 1
+    assert "in-memory" in out.stderr
