@@ -212,6 +212,7 @@ async def test_redis_killed_and_restarted_mid_run(
     acknowledged lost, and both engines recover without a restart."""
     acked_turns: list[tuple[str, str]] = []
     acked_cards: list[str] = []
+    stream_errors: list[str] = []
     statuses: Counter[tuple[str, int]] = Counter()
     stop = asyncio.Event()
 
@@ -222,11 +223,20 @@ async def test_redis_killed_and_restarted_mid_run(
                 return
             engine = engines[(n + i) % 2]
             cid, message = f"kill-{n}-{i % 3}", f"m{n}-{i}"
-            status, _ = await call(http, "POST", engine.url + "/api/chat", headers=client,
-                                   json={"message": message, "conversation_id": cid})
-            statuses[("chat", status)] += 1
-            if status == 200:
-                acked_turns.append((cid, message))
+            body = {"message": message, "conversation_id": cid}
+            if i % 4 == 3:  # a stream: 200 then done, or an error event saying why
+                status, text = await call(http, "POST", engine.url + "/api/chat/stream",
+                                          headers=client, json=body)
+                statuses[("stream", status)] += 1
+                if status == 200 and "event: error" in text:
+                    error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])
+                    stream_errors.append(error["type"])
+            else:
+                status, _ = await call(http, "POST", engine.url + "/api/chat", headers=client,
+                                       json=body)
+                statuses[("chat", status)] += 1
+                if status == 200:
+                    acked_turns.append((cid, message))
             if status == 429:  # this client's bucket is empty: become another client
                 client = new_client()
             await asyncio.sleep(0.02)
@@ -253,6 +263,10 @@ async def test_redis_killed_and_restarted_mid_run(
                 statuses[("status", status)] += 1
             await asyncio.sleep(0.05)
 
+    for engine in engines:  # warm (LiteLLM imported), so the load runs while Redis is away
+        status, _ = await call(http, "POST", engine.url + "/api/chat", headers=new_client(),
+                               json={"messages": [{"role": "user", "content": "warm"}]})
+        assert status == 200
     tasks = [asyncio.create_task(c) for c in (chatter(0), chatter(1), uploader(), reader())]
     try:
         await asyncio.sleep(1.0)
@@ -266,6 +280,7 @@ async def test_redis_killed_and_restarted_mid_run(
         await asyncio.gather(*tasks)
     codes = {s for (_, s) in statuses}
     assert codes <= {200, 429, 503}, statuses
+    assert set(stream_errors) <= {"store_unavailable"}, stream_errors
     assert down > 0, "no request noticed the outage"
     assert statuses[("status", 200)] > 0
     # Both engines serve store-backed requests again, without a restart.
