@@ -158,6 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from companion_engine.supervisor import ENV_FD, Supervisor, WorkerLink, worker_argv
 
     workers = config.server.worker_count()
+    if workers > 1 and ":memory:" in config.store.url:
+        raise StartupError("server.workers > 1 needs a store the workers share: an in-memory "
+                           "SQLite database is private to each process (use a file or Redis)")
     if workers > 1 and ENV_FD not in os.environ:
         supervisor = Supervisor(worker_argv(args), config.server.host, config.server.port,
                                 workers)

@@ -148,6 +148,22 @@ class LoggingConfig(ConfigModel):
         return v
 
 
+class MetricsConfig(ConfigModel):
+    #: ``GET /metrics`` in Prometheus text format (protected like ``/-`` routes).
+    enabled: bool = True
+
+
+class TracingConfig(ConfigModel):
+    """OpenTelemetry spans per turn (the ``tracing`` extra; docs/deploy.md)."""
+
+    enabled: bool = False
+    #: ``otlp`` (HTTP/protobuf to ``endpoint``) or ``console`` (spans printed to stdout).
+    exporter: Literal["otlp", "console"] = "otlp"
+    #: OTLP traces endpoint; None: the ``OTEL_EXPORTER_OTLP_*`` environment (or localhost).
+    endpoint: str | None = None
+    service_name: str = Field(default="companion-engine", min_length=1)
+
+
 class AppConfig(ConfigModel):
     """``companion.yaml``. Relative paths are resolved against ``base_dir``."""
 
@@ -158,6 +174,8 @@ class AppConfig(ConfigModel):
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     reload: bool = True
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     #: Per-plugin settings, keyed by plugin name.
     plugins: dict[str, Any] = Field(default_factory=dict)
 

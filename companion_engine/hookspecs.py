@@ -76,5 +76,20 @@ def config_reloaded(engine: Engine) -> Any:
 
 
 @hookspec
+def turn_started(engine: Engine, turn: Turn) -> Any:
+    """Called when a chat turn starts running (its prompt is built). May be async."""
+
+
+@hookspec
+def reload_failed(engine: Engine, error: str) -> Any:
+    """Called when a reload was rejected; the running config stays. May be async."""
+
+
+@hookspec
+def rate_limited(engine: Engine, request: web.Request, reason: str) -> Any:
+    """Called when a request is refused with 429 (``rate``, ``streams`` or ``auth``)."""
+
+
+@hookspec
 def turn_completed(engine: Engine, turn: Turn) -> Any:
     """Called after each chat turn ends (completed, interrupted or failed). May be async."""

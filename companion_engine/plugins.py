@@ -72,6 +72,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.routes.conversations",
     "companion_engine.routes.prompt",
     "companion_engine.routes.tts",
+    "companion_engine.observers.metrics",
+    "companion_engine.observers.tracing",
 )
 
 LOCAL_MODULE_PREFIX = "companion_local_plugins."

@@ -6,6 +6,7 @@ so the preview shows exactly what the LLM would get.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -36,18 +37,24 @@ async def assemble_prompt(pipeline: Pipeline, turn: Turn) -> None:
     ``turn.user_entry`` (a profile without ``history``), it is appended last, after
     the greeting of a new conversation.
     """
+    began = time.perf_counter()
     for stage in pipeline.prompt:
+        start = time.perf_counter()
         try:
             if isinstance(stage, LorebookInjector):
                 await stage.inject(turn)
+                kind = "lorebook_injector"
             else:
                 await stage.build(turn)
+                kind = "prompt_builder"
         except ApiError:
             raise
         except Exception as exc:
             raise pipeline.blame(stage, exc) from exc
+        turn.record("prompt_stage", start, stage=stage.name, kind=kind)
     if turn.user_index is None:
         logger.debug("no prompt stage placed the user message; appending it")
         if turn.greeting and not turn.history:
             turn.messages.append({"role": "assistant", "content": turn.greeting})
         turn.messages.append(turn.user_entry)
+    turn.record("prompt", began)

@@ -338,10 +338,13 @@ class Reloader:
             if isinstance(exc, PluginReloadError):
                 self.rejected_plugins = exc.failures
             self._failed(reason, str(exc))
+            await engine.plugins.call("reload_failed", engine=engine, error=str(exc))
             return False
         except Exception as exc:  # a bug or a plugin misbehaving: still never fatal
             logger.opt(exception=exc).error("reload ({}) crashed", reason)
-            self._failed(reason, f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            self._failed(reason, error)
+            await engine.plugins.call("reload_failed", engine=engine, error=error)
             return False
         previous_host = engine.plugins
         changed = plugin_changes(previous_host, candidate.plugins)

@@ -259,6 +259,7 @@ async def _check_key(request: web.Request, config: AppConfig, shared: SharedStat
     wait = await shared.take(AUTH_SCOPE, client, config.rate_limit.requests,
                              config.rate_limit.window_s)
     if wait:
+        await refused(request, AUTH_SCOPE)
         raise ApiError(429, "too many requests with a wrong API key; slow down",
                        headers={"Retry-After": retry_after(wait)})
     logger.warning("rejected {} {} from {}: {} API key", request.method, request.path, client,
@@ -278,10 +279,17 @@ async def _check_rate(request: web.Request, config: AppConfig, shared: SharedSta
     limit = config.rate_limit
     wait = await shared.take(RATE_SCOPE, client, limit.requests, limit.window_s)
     if wait:
+        await refused(request, RATE_SCOPE)
         logger.info("rate limited {} {} from {}", request.method, request.path, client)
         raise ApiError(429, f"rate limit exceeded: {limit.requests} requests per "
                             f"{limit.window_s:g} s; retry in {retry_after(wait)} s",
                        headers={"Retry-After": retry_after(wait)})
+
+
+async def refused(request: web.Request, reason: str) -> None:
+    """Tell observers (``rate_limited`` hook: metrics) about a 429; off the allowed path."""
+    engine = request.app[ENGINE]
+    await engine.plugins.call("rate_limited", engine=engine, request=request, reason=reason)
 
 
 def body_cap(request: web.Request, config: AppConfig, route: tuple[str, str]) -> int:
@@ -327,6 +335,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     limit = config.server.max_streams_per_ip
     slot = await shared.acquire_stream(client, limit)
     if slot is None:
+        await refused(request, "streams")
         raise ApiError(429, f"too many open chat streams from this client (limit {limit})",
                        "close a stream before opening another", headers={"Retry-After": "1"})
     try:

@@ -170,7 +170,7 @@ class Supervisor:
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="companion-metrics-"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         logger.info("supervisor {}: starting {} workers on {}:{}", os.getpid(), self.count,
                     self.host, self.port)
@@ -188,6 +188,12 @@ class Supervisor:
             return 1
         logger.info("supervisor {}: all workers stopped", os.getpid())
         return 0
+
+    def _request_stop(self) -> None:
+        # At once, not when run() resumes: Ctrl-C reaches the workers too, and one that
+        # exits first must not be restarted.
+        self.stopping = True
+        self._stop.set()
 
     # --- workers ------------------------------------------------------------------------------
 

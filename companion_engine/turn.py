@@ -112,6 +112,26 @@ class MemoryInfo:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Span:
+    """One timed step of a turn (``time.perf_counter()`` seconds), for observers.
+
+    ``name``: ``prompt`` (all prompt stages), ``prompt_stage`` (one; attributes
+    ``stage``, ``kind``), ``llm`` (open to last delta; ``model``) or ``synthesis``
+    (one sentence; ``backend``, ``index``, ``chars``). Metrics and tracing read them
+    in ``turn_completed``; nothing on the token path waits for an observer.
+    """
+
+    name: str
+    start: float
+    end: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
 @dataclass
 class TurnResult:
     """How a turn ended; ``turn.result`` once the runner is done (``turn_completed`` sees it)."""
@@ -185,6 +205,8 @@ class Turn:
     #: A plugin's private per-turn scratch space (use a key named after your stage).
     stash: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.perf_counter)
+    #: Timed steps of this turn (prompt stages, LLM, each synthesis), in the order they ended.
+    spans: list[Span] = field(default_factory=list)
     #: When the user wrote the message before this one (epoch seconds), for
     #: ``{{idle_duration}}``; None when unknown (client-managed history).
     last_user_at: float | None = None
@@ -215,6 +237,10 @@ class Turn:
             if self.messages[i] is self.user_entry:
                 return i
         return None
+
+    def record(self, name: str, start: float, **attributes: Any) -> None:
+        """Note a step that began at ``start`` (``perf_counter``) and ends now."""
+        self.spans.append(Span(name, start, time.perf_counter(), attributes))
 
     def stop(self, reason: str) -> None:
         """End the reply after the current piece: the LLM request is closed and

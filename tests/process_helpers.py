@@ -50,6 +50,10 @@ class ThreadedLLM:
         assert self.server is not None
         return self.server.openai_base
 
+    def push(self, *scripts: Script) -> None:
+        assert self.server is not None
+        self.loop.call_soon_threadsafe(self.server.push, *scripts)
+
     def set_default(self, script: Script) -> None:
         assert self.server is not None
         self.loop.call_soon_threadsafe(setattr, self.server, "default", script)
@@ -75,13 +79,14 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> ServeProcess:
+    def start(self, timeout: float = 60, *, wait: bool = True) -> ServeProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "companion_engine", "serve", "--config",
                  str(self.root / "companion.yaml"), "--port", str(self.port)],
                 cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -119,6 +124,15 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+def stop_all(procs: list[ServeProcess]) -> None:
+    """SIGTERM every process at once, then wait for each (stopping takes a moment)."""
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.stop()
 
 
 def get_json(url: str, timeout: float = 10) -> Any:

@@ -138,6 +138,24 @@ def test_a_conversation_continues_across_workers(cluster: ServeProcess) -> None:
     assert len(body["data"]["messages"]) == 16
 
 
+def test_metrics_sum_every_worker(cluster: ServeProcess) -> None:
+    """Multi-process mode: whichever worker answers reports the turns of both."""
+    def completed(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('companion_turns_total{status="complete"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    seen = {}
+    for _ in range(40):
+        with urllib.request.urlopen(cluster.url + "/metrics", timeout=10) as resp:
+            seen[resp.headers["X-Companion-Worker"]] = completed(resp.read().decode())
+        if len(seen) == 2:
+            break
+    assert set(seen) == {"0", "1"}
+    assert seen["0"] == seen["1"] >= 8  # the conversation test's turns, on both workers
+
+
 def _generations(url: str) -> dict[int, int]:
     return {i: h["config"]["generation"] for i, h in per_worker(url, "/health").items()}
 
@@ -200,3 +218,16 @@ def test_auto_is_one_worker_per_usable_core(tmp_path: Path) -> None:
     config = load_config(write_project(tmp_path, None, {"server": {"workers": "auto"}}),
                          env={})
     assert config.server.worker_count() == len(os.sched_getaffinity(0))
+
+
+def test_workers_refuse_a_store_they_cannot_share(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    file = write_project(tmp_path, None, {"server": {"workers": 2},
+                                          "store": {"url": "sqlite:///:memory:"}})
+    out = subprocess.run([sys.executable, "-m", "companion_engine", "serve", "--config",
+                          str(file), "--port", "0"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COMPANION_LOAD_PLUGINS": ""})
+    assert out.returncode == 1
+    assert "in-memory" in out.stderr

@@ -83,6 +83,8 @@ class TurnRunner:
         self._chunk_index = 0
         self._source_done = False
         self._first_token_at: float | None = None
+        #: When the LLM request was sent (until its span is recorded).
+        self._llm_started: float | None = None
         self._first_sentence_at: float | None = None
 
     # --- phases ---------------------------------------------------------------------------
@@ -128,11 +130,13 @@ class TurnRunner:
         """The whole turn; returns how it ended (errors are events, not exceptions)."""
         self._emit = emit
         turn = self.turn
+        await self.engine.plugins.call("turn_started", engine=self.engine, turn=turn)
         try:
             await self._store_request()
             if self._failure is not None:
                 raise self._failure
             self._llm = self.engine.llm.stream(turn)
+            self._llm_started = time.perf_counter()
             await self._llm.open()
             await emit("provider_connected", {
                 "provider": self.provider, "type": self._llm.target.type,
@@ -141,6 +145,8 @@ class TurnRunner:
             if self.speak:
                 self._speech = self._new_speech()
             await self._pump(self._llm)
+            turn.record("llm", self._llm_started, model=turn.model)
+            self._llm_started = None
             await self._close_chain()
             if self._speech is not None:
                 await self._speech.finish()
@@ -327,6 +333,8 @@ class TurnRunner:
     async def _finish(self) -> None:
         """Release everything, store the reply, log once, tell the plugins. Never raises."""
         self._cancellable = False
+        if self._llm_started is not None:  # an interrupted or failed stream: still timed
+            self.turn.record("llm", self._llm_started, model=self.turn.model)
         await self._close_chain()
         if self._speech is not None and self.result.status != "complete":
             await self._speech.aclose()

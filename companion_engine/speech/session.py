@@ -421,6 +421,8 @@ class SpeechSession:
                 item.parts.put_nowait(self.pipeline.blame(tts, exc))
             finally:
                 item.synth_done_at = time.perf_counter()
+                self.turn.record("synthesis", item.synth_started_at, backend=tts.name,
+                                 index=item.index, chars=len(item.spoken))
                 item.parts.put_nowait(None)
 
     async def _encode(self, audio: Audio) -> Part:
