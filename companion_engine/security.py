@@ -63,7 +63,7 @@ DOCS_PAGES = frozenset({"/docs"})
 
 # --- CORS ------------------------------------------------------------------------------------
 
-CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, Last-Event-ID"
 CORS_EXPOSE = "X-Request-Id, Retry-After"
 CORS_MAX_AGE = "600"

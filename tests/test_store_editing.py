@@ -202,6 +202,8 @@ async def test_group_conversation_created_once_and_listed(store: Store) -> None:
     assert [r.id for r in rows][:3] == ["other", "solo", "g1"]
     assert [r.id for r in await store.list_conversations(character_id="b")] == ["solo", "g1"]
     assert [r.id for r in await store.list_conversations(character_id="b", limit=1)] == ["solo"]
+    assert [r.id for r in await store.list_conversations(character_id="b", offset=1)] == ["g1"]
+    assert [r.id for r in await store.list_conversations(limit=2, offset=1)] == ["solo", "g1"]
     [g] = [r for r in rows if r.id == "g1"]
     assert (g.message_count, g.version, g.title, g.character_ids) == (2, 1, "Tavern",
                                                                       ["a", "b"])

@@ -274,7 +274,7 @@ class Store(ABC):
 
     @abstractmethod
     async def list_conversations(
-        self, *, character_id: str | None = None, limit: int = 50,
+        self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
         """Newest first (``updated_at``); ``character_id`` keeps those it takes part in."""
 

@@ -237,16 +237,16 @@ class RedisStore(Store):
         return _conversation(conversation_id, head, raw)
 
     async def list_conversations(
-        self, *, character_id: str | None = None, limit: int = 50,
+        self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
         if character_id is None:
-            ids = await self.client.zrevrange(self._listing(), 0, limit - 1)
+            ids = await self.client.zrevrange(self._listing(), offset, offset + limit - 1)
         else:
             members = list(await self.client.smembers(self._member(character_id)))
             scores = await self.client.zmscore(self._listing(), members) if members else []
             ranked = sorted(((s, i) for i, s in zip(members, scores, strict=True)
                              if s is not None), reverse=True)
-            ids = [i for _, i in ranked[:limit]]
+            ids = [i for _, i in ranked[offset:offset + limit]]
         if not ids:
             return []
         async with self.client.pipeline(transaction=True) as tx:
