@@ -12,7 +12,7 @@ Layout under a key prefix (``companion:`` by default, ``?prefix=`` in the URL):
 - ``{prefix}character:{id}:conversations``: a set of the ids a character takes part in.
 
 An append is one Lua script (atomic, one round trip: it creates the
-conversation and writes its greeting only if the conversation is new). An edit
+conversation if new, and writes its greeting only while it has no messages). An edit
 is an optimistic transaction: ``WATCH`` the conversation's keys, read, check the
 version, ``MULTI``/``EXEC`` the change; a concurrent writer makes ``EXEC`` fail
 and the edit is retried against what that writer left (or reported stale).
@@ -62,12 +62,16 @@ if created == 1 then
     i = i + 2
   end
   for k = 4, #KEYS do redis.call('SADD', KEYS[k], id) end
+else
+  i = i + 2 * n_fields
+end
+if n_open > 0 and redis.call('LLEN', msgs) == 0 then
   for _ = 1, n_open do
     redis.call('RPUSH', msgs, ARGV[i])
     i = i + 1
   end
 else
-  i = i + 2 * n_fields + n_open
+  i = i + n_open
 end
 for j = i, #ARGV do redis.call('RPUSH', msgs, ARGV[j]) end
 redis.call('HSET', head, 'updated_at', now)

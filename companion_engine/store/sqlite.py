@@ -220,7 +220,14 @@ class SQLiteStore(Store):
                     "WHERE id = ? RETURNING version", (now, conversation_id)) as cur:
                     row = await cur.fetchone()
                 version = int(row[0]) if row else 1
-            await self.db.executemany(INSERT_MESSAGE, (opening_rows if created else []) + rows)
+            opened = opening_rows
+            if opened and not created:
+                async with self.db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE "
+                                           "conversation_id = ?)", (conversation_id,)) as cur:
+                    row = await cur.fetchone()
+                if row and row[0]:
+                    opened = []
+            await self.db.executemany(INSERT_MESSAGE, opened + rows)
             return version
 
         return int(await self._transaction(work))
