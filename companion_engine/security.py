@@ -84,8 +84,14 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/characters"),
     ("POST", "/api/characters/upload"),
     ("POST", "/api/tts"),  # synthesis is CPU-heavy
+    ("POST", "/api/conversations/{id}/regenerate"),
+    ("POST", "/api/conversations/{id}/continue"),
+    ("POST", "/api/conversations/{id}/reply"),
 })
-STREAM_ROUTES = frozenset({("POST", "/api/chat/stream")})
+STREAM_ROUTES = frozenset({("POST", "/api/chat/stream"),
+                           ("POST", "/api/conversations/{id}/regenerate"),
+                           ("POST", "/api/conversations/{id}/continue"),
+                           ("POST", "/api/conversations/{id}/reply")})
 #: Routes that carry a whole card (JSON or PNG, avatar included): they may use the app's
 #: upload cap; every other route gets ``server.max_body_bytes``.
 CARD_ROUTES = frozenset({

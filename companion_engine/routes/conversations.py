@@ -17,12 +17,28 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from companion_engine import hookimpl
-from companion_engine.chat.turns import greeting_message, new_conversation_id
+from companion_engine.chat.greetings import greeting_message
+from companion_engine.chat.respond import single, stream_turns, wants_speech
+from companion_engine.chat.turns import (
+    PlannedTurn,
+    TurnOptions,
+    continue_turn,
+    new_conversation_id,
+    regenerate_turn,
+    reply_turn,
+)
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_body
-from companion_engine.patterns import CHARACTER_ID, CONVERSATION_ID
+from companion_engine.patterns import (
+    CHARACTER_ID,
+    CONVERSATION_ID,
+    MODEL_NAME,
+    AudioFormat,
+    check_voice_name,
+)
+from companion_engine.routes.chat import SSE_DOC
 from companion_engine.store import (
     Conversation,
     ConversationExists,
@@ -212,6 +228,47 @@ class Branch(Body):
     conversation_id: str | None = None
 
     _cid = field_validator("conversation_id")(_check_conversation_id)
+
+
+class TurnRequest(Body):
+    """A generated reply's options (all optional; an empty body is fine)."""
+
+    #: The version the client read: 409 before anything runs when it is stale.
+    version: int | None = Field(default=None, ge=1)
+    model: str | None = None
+    user_name: str | None = Field(default=None, min_length=1, max_length=100)
+    enable_tts: bool | None = None
+    voice: str | None = Field(default=None, max_length=100)
+    audio_format: AudioFormat | None = None
+    chunked_audio: bool | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and not MODEL_NAME.fullmatch(v):
+            raise ValueError("not a valid model name (provider/model, e.g. ollama_chat/llama3.2)")
+        return v
+
+    _voice = field_validator("voice")(check_voice_name)
+
+
+class ReplyQuery(Query):
+    character_id: str | None = None
+
+    _id = field_validator("character_id")(_check_character_id)
+
+
+class AddMessage(Body):
+    """A message added without a reply (a user's message in a manual group, an import)."""
+
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    role: Literal["user", "assistant", "system"] = "user"
+    #: The speaker of an assistant message (a member of the conversation).
+    character_id: str | None = None
+    user_name: str | None = Field(default=None, min_length=1, max_length=100)
+    version: int | None = Field(default=None, ge=1)
+
+    _id = field_validator("character_id")(_check_character_id)
 
 
 class AuthorsNote(Body):
@@ -455,6 +512,97 @@ async def branch(request: web.Request) -> web.Response:
     state = await engine.store.get_state(made.id)
     return json_response({"success": True, "conversation_id": made.id,
                           "data": conversation_data(made, state)})
+
+
+@routes.post("/api/conversations/{id}/messages", body=AddMessage, response=Edited, tags=TAGS,
+             summary="Add a message without generating a reply",
+             errors=(400, 404, 409, 413, 422))
+async def add_message(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    conversation_id = conversation_id_of(request)
+    body = await read_body(request, AddMessage)
+    conversation = await existing(engine, conversation_id)
+    meta: dict[str, Any] = {"added": True}
+    if body.role == "user":
+        meta["user_name"] = body.user_name or engine.profile.user_name
+    if body.character_id is not None:
+        if body.role != "assistant":
+            raise ApiError(422, "character_id names the speaker of an assistant message")
+        card = engine.characters.get(body.character_id)
+        if card is None or body.character_id not in conversation.character_ids:
+            raise ApiError(422, f"character {body.character_id} is not in conversation "
+                                f"{conversation_id}")
+        meta |= {"character_id": card.id, "character": card.display_name}
+    message = StoredMessage(body.role, body.content, meta=meta)
+    with store_errors():
+        after = await engine.store.add_message(conversation_id, message,
+                                               expected_version=body.version)
+    return edited(after, len(after.messages) - 1)
+
+
+# --- generated replies (SSE) --------------------------------------------------------------
+
+TURN_ERRORS = (400, 404, 409, 413, 422, 429)
+TURN_DOC = "SSE like /api/chat/stream (docs/chat.md)."
+
+
+async def turn_options(request: web.Request) -> TurnRequest:
+    """The optional body of a generating route (no body: the defaults)."""
+    if not request.can_read_body:
+        return TurnRequest()
+    return await read_body(request, TurnRequest)
+
+
+async def stream_planned(request: web.Request, conversation_id: str, body: TurnRequest,
+                         plan: Any) -> web.StreamResponse:
+    """Read the conversation, check the version, plan its turn, stream it."""
+    engine = request.app[ENGINE]
+    async with engine.lease() as pipeline:
+        speak = wants_speech(pipeline, body.enable_tts, body.audio_format)
+        conversation = await existing(engine, conversation_id)
+        if body.version is not None and body.version != conversation.version:
+            with store_errors():
+                raise VersionConflict(conversation_id, body.version, conversation.version)
+        options = TurnOptions(body.model, body.user_name, body.voice, body.audio_format,
+                              body.chunked_audio)
+        planned: PlannedTurn = await plan(engine, pipeline, conversation, options)
+        return await stream_turns(request, engine, pipeline, single(planned), speak=speak)
+
+
+@routes.post("/api/conversations/{id}/regenerate", body=TurnRequest,
+             response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
+             summary="A new last reply; the previous one is kept as a swipe",
+             description=TURN_DOC)
+async def regenerate(request: web.Request) -> web.StreamResponse:
+    conversation_id = conversation_id_of(request)
+    body = await turn_options(request)
+    return await stream_planned(request, conversation_id, body, regenerate_turn)
+
+
+@routes.post("/api/conversations/{id}/continue", body=TurnRequest,
+             response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
+             summary="More of the last (interrupted) reply, appended to it",
+             description=TURN_DOC)
+async def continue_reply(request: web.Request) -> web.StreamResponse:
+    conversation_id = conversation_id_of(request)
+    body = await turn_options(request)
+    return await stream_planned(request, conversation_id, body, continue_turn)
+
+
+@routes.post("/api/conversations/{id}/reply", body=TurnRequest, query=ReplyQuery,
+             response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
+             summary="One character speaks (a group member: ?character_id=)",
+             description=TURN_DOC)
+async def reply(request: web.Request) -> web.StreamResponse:
+    conversation_id = conversation_id_of(request)
+    q = parse_model(ReplyQuery, dict(request.query), "query")
+    body = await turn_options(request)
+
+    async def plan(engine: Engine, pipeline: Any, conversation: Conversation,
+                   options: TurnOptions) -> PlannedTurn:
+        return await reply_turn(engine, pipeline, conversation, q.character_id, options)
+
+    return await stream_planned(request, conversation_id, body, plan)
 
 
 @routes.put("/api/conversations/{id}/authors_note", body=AuthorsNote,
