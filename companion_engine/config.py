@@ -282,6 +282,32 @@ class SpeechConfig(ConfigModel):
         return check_entries(v)
 
 
+#: SillyTavern's default nudges (its ``group_nudge_prompt`` and ``continue_nudge_prompt``).
+GROUP_NUDGE = "[Write the next reply only as {{char}}.]"
+CONTINUE_NUDGE = ("[Continue the following message. Do not include ANY parts of the original "
+                  "message. Use capitalization and punctuation as if your reply is a part of "
+                  "the original message: {{lastChatMessage}}]")
+
+
+class ConversationConfig(ConfigModel):
+    """Group chats and continued replies (docs/chat.md, "Conversations")."""
+
+    #: Put each speaker's ``Name:`` before their messages in a group chat's history.
+    group_names: bool = True
+    #: After the history of a group chat ("" for none); ``{{char}}`` is the speaker.
+    group_nudge: str = GROUP_NUDGE
+    #: In ``natural`` order, may the last speaker answer itself when nobody new spoke?
+    allow_self_responses: bool = False
+    #: Continue a reply by sending it as the last assistant message for the provider to
+    #: extend (``true``), or with ``continue_nudge`` asking for the rest (``false``);
+    #: ``auto``: prefill for providers that continue an assistant message (Anthropic).
+    continue_prefill: bool | Literal["auto"] = "auto"
+    #: Without prefill; ``{{lastChatMessage}}`` is the text being continued.
+    continue_nudge: str = CONTINUE_NUDGE
+    #: Between the old text and the continuation when neither brings a space.
+    continue_postfix: str = Field(default=" ", max_length=10)
+
+
 class Profile(ConfigModel):
     """A pipeline profile: which stages run, with which options."""
 
@@ -294,6 +320,7 @@ class Profile(ConfigModel):
         default_factory=lambda: _stage_list(["strip_think", "sanitize_html"])
     )
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
 
     #: The profile's name (file stem); not a YAML key.
     name: str = Field(default="default", exclude=True)

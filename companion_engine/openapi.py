@@ -78,6 +78,9 @@ class ApiRoutes(web.RouteTableDef):
     def put(self, path: str, **doc: Any) -> Callable[[Handler], Handler]:  # type: ignore[override]
         return self._doc("PUT", path, **doc)
 
+    def patch(self, path: str, **doc: Any) -> Callable[[Handler], Handler]:  # type: ignore[override]
+        return self._doc("PATCH", path, **doc)
+
     def delete(self, path: str, **doc: Any) -> Callable[[Handler], Handler]:  # type: ignore[override]
         return self._doc("DELETE", path, **doc)
 
@@ -156,7 +159,8 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 ERROR_TEXT = {
     400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
-    413: "Body too large", 422: "Invalid body", 429: "Too many requests",
+    409: "Conflict (stale version, or the id is taken)", 413: "Body too large",
+    422: "Invalid body", 429: "Too many requests",
     502: "Provider error", 503: "Unavailable",
 }
 

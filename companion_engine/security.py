@@ -63,7 +63,7 @@ DOCS_PAGES = frozenset({"/docs"})
 
 # --- CORS ------------------------------------------------------------------------------------
 
-CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, Last-Event-ID"
 CORS_EXPOSE = "X-Request-Id, Retry-After"
 CORS_MAX_AGE = "600"
@@ -84,8 +84,14 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/characters"),
     ("POST", "/api/characters/upload"),
     ("POST", "/api/tts"),  # synthesis is CPU-heavy
+    ("POST", "/api/conversations/{id}/regenerate"),
+    ("POST", "/api/conversations/{id}/continue"),
+    ("POST", "/api/conversations/{id}/reply"),
 })
-STREAM_ROUTES = frozenset({("POST", "/api/chat/stream")})
+STREAM_ROUTES = frozenset({("POST", "/api/chat/stream"),
+                           ("POST", "/api/conversations/{id}/regenerate"),
+                           ("POST", "/api/conversations/{id}/continue"),
+                           ("POST", "/api/conversations/{id}/reply")})
 #: Routes that carry a whole card (JSON or PNG, avatar included): they may use the app's
 #: upload cap; every other route gets ``server.max_body_bytes``.
 CARD_ROUTES = frozenset({

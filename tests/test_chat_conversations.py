@@ -54,9 +54,10 @@ async def test_conversation_is_stored_and_feeds_the_next_turn(
         assert resp.status == 404
 
 
-async def test_user_message_is_kept_when_the_provider_fails(
+async def test_a_failed_turn_is_kept_but_a_retry_sends_the_message_once(
     make_client: MakeClient, llm_server: LLMTestServer,
 ) -> None:
+    """Issue 19.9: the provider is offline, the user sends the same message again."""
     client = await make_client(profile=llm_profile(llm_server))
     llm_server.push(Script(status=503, error_message="overloaded"))
     events = await chat_events(client, {"message": "Are you there?", "conversation_id": "k1"})
@@ -66,11 +67,18 @@ async def test_user_message_is_kept_when_the_provider_fails(
     assert conv is not None
     assert [(m.role, m.content, m.status) for m in conv.messages] == [
         ("user", "Are you there?", "complete"), ("assistant", "", "error")]
-    # the failed reply is not sent as history next time
+    assert conv.messages[1].meta["error"]["type"] == "provider_error"
+
     llm_server.push(Script(tokens=["Yes."]))
-    await chat_events(client, {"message": "Hello?", "conversation_id": "k1"})
+    await chat_events(client, {"message": "Are you there?", "conversation_id": "k1"})
     sent = [(m["role"], m["content"]) for m in llm_server.requests[-1].body["messages"]]
-    assert sent[-2:] == [("user", "Are you there?"), ("user", "Hello?")]
+    assert sent.count(("user", "Are you there?")) == 1 and sent[-1] == ("user", "Are you there?")
+    assert ("assistant", "") not in sent
+    # the API still shows the failed turn, with its status
+    async with client.get("/api/conversations/k1") as resp:
+        stored = [(m["role"], m["status"]) for m in (await resp.json())["data"]["messages"]]
+    assert stored == [("user", "complete"), ("assistant", "error"),
+                      ("user", "complete"), ("assistant", "complete")]
 
 
 async def test_client_managed_history_is_sent_and_not_stored(

@@ -120,7 +120,8 @@ async def json_routes(client: TestClient) -> list[tuple[str, str]]:
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             if "application/json" in op.get("requestBody", {}).get("content", {}):
-                found.append((method.upper(), path.replace("{id}", "aria")))
+                found.append((method.upper(),
+                              path.replace("{id}", "aria").replace("{index}", "0")))
     return found
 
 

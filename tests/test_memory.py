@@ -287,6 +287,7 @@ async def test_stale_summary_is_not_placed(
         await chat(client, {"message": f"Message number {i} is long enough.",
                             "conversation_id": "c"})
     engine = client.app[ENGINE]
+    await summarizer_of(client).idle()  # else the real summary may land after ours
     await engine.store.update_state("c", {"summary": {
         "text": "Made up.", "covers": 2, "last": "not-the-fingerprint", "updated_at": 0}})
     data = await preview(client, {"message": "And now?", "conversation_id": "c"})

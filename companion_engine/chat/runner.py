@@ -13,10 +13,11 @@ flush goes out as an extra ``content`` event with empty ``content``. Sentences
 also go to the ``SpeechSession`` (when speech is on), whose audio events are
 written by its own task through the same serialised ``emit``.
 
-Every turn ends with exactly one of ``done`` or ``error``, is stored (server-
-managed history: the user message before the LLM call, the reply after it,
-marked ``interrupted`` when the client left), logged in one line and reported
-to ``turn_completed``.
+Every turn ends with exactly one of ``done`` or ``error``, is stored by its
+``TurnKind`` (``chat/kinds.py``; server-managed history: the user message
+before the LLM call, the reply after it, marked ``interrupted`` when the client
+left; a regenerated reply as a swipe; a continuation appended), logged in one
+line and reported to ``turn_completed``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from companion_engine.chat.kinds import NewMessage, TurnKind
 from companion_engine.chat.sse import ClientGone, SSEWriter, timestamp
 from companion_engine.errors import ApiError, StageError, TurnError
 from companion_engine.llm import LLMError, LLMStream
 from companion_engine.prompting import assemble_prompt
 from companion_engine.shared import StoreUnavailable
-from companion_engine.store import StoredMessage
 from companion_engine.tokens import estimate_tokens
 from companion_engine.turn import TurnResult
 
@@ -61,12 +62,15 @@ class TurnRunner:
     """One turn on one leased pipeline. ``prepare()`` before any response is sent."""
 
     def __init__(self, engine: Engine, pipeline: Pipeline, turn: Turn, *, speak: bool,
-                 store_history: bool) -> None:
+                 store_history: bool, kind: TurnKind | None = None) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.turn = turn
         self.speak = speak
         self.store_history = store_history
+        #: What this kind of turn adds to a plain one (``chat/kinds.py``): its prompt's
+        #: tail, its text, its storage. None: client-managed history, nothing stored.
+        self.kind = (kind or NewMessage()) if store_history else None
         self.provider = turn.model
         self.result = TurnResult()
         self._failure: StageError | None = None
@@ -99,6 +103,9 @@ class TurnRunner:
         except StageError as exc:
             self._failure = exc
             logger.opt(exception=exc.__cause__ or exc).warning("prompt assembly failed: {}", exc)
+            return
+        if self.kind is not None:
+            self.kind.arrange(self.turn)
 
     async def stream_to(self, writer: SSEWriter) -> TurnResult:
         """Run the turn writing SSE; a client that leaves cancels it at once."""
@@ -141,6 +148,7 @@ class TurnRunner:
             await emit("provider_connected", {
                 "provider": self.provider, "type": self._llm.target.type,
                 "model": turn.model, "character": self._character_name,
+                "character_id": self._character_id,
                 "conversation_id": turn.conversation_id, "timestamp": timestamp()})
             if self.speak:
                 self._speech = self._new_speech()
@@ -177,8 +185,14 @@ class TurnRunner:
         pipeline, turn = self.pipeline, self.turn
         chain: AsyncIterator[str] = llm.deltas()
         self._gens.append(chain)
+        if self.kind is not None:
+            chain = self.kind.source(chain, turn)
+            self._gens.append(chain)
         for sanitizer in pipeline.output:
             chain = self._guarded(sanitizer, sanitizer.process(chain, turn))
+        if self.kind is not None:  # a continuation's joiner, a group speaker's name
+            chain = self.kind.deltas(chain, turn)
+            self._gens.append(chain)
         tapped = self._tap(chain)
         self._gens.append(tapped)
         sentences = self._guarded(pipeline.splitter, pipeline.splitter.split(tapped, turn))
@@ -240,6 +254,10 @@ class TurnRunner:
     def _character_name(self) -> str | None:
         return self.turn.character.display_name if self.turn.character else None
 
+    @property
+    def _character_id(self) -> str | None:
+        return self.turn.character.id or None if self.turn.character else None
+
     def _new_speech(self) -> SpeechSession:
         from companion_engine.speech.session import SpeechSession
 
@@ -291,7 +309,8 @@ class TurnRunner:
         return {
             "provider": self.provider, "model": self.turn.model,
             "chunk_count": self.result.chunk_count, "full_content": self.result.content,
-            "character": self._character_name, "conversation_id": self.turn.conversation_id,
+            "character": self._character_name, "character_id": self._character_id,
+            "conversation_id": self.turn.conversation_id,
             "usage": self.result.usage, "finish_reason": self.result.finish_reason,
             "timings": self.result.timings, "timestamp": timestamp(),
         }
@@ -299,36 +318,14 @@ class TurnRunner:
     # --- storage and the end of a turn ----------------------------------------------------
 
     async def _store_request(self) -> None:
-        """The user message (and a new conversation's greeting), before the LLM call."""
-        if not self.store_history:
-            return
-        turn = self.turn
-        now = time.time()
-        messages = []
-        if turn.greeting and not turn.history:
-            messages.append(StoredMessage("assistant", turn.greeting, created_at=now,
-                                          meta={"greeting": True}))
-        messages.append(StoredMessage("user", turn.user_message, created_at=now,
-                                      meta={"user_name": turn.user_name}))
-        await self.engine.store.append_messages(turn.conversation_id or "", messages,
-                                                character_id=self._character_id)
-
-    @property
-    def _character_id(self) -> str | None:
-        return self.turn.character.id or None if self.turn.character else None
+        """What the turn starts with (the user's message, a new conversation's greeting),
+        before the LLM call."""
+        if self.kind is not None:
+            await self.kind.before(self.engine.store, self.turn)
 
     async def _store_reply(self) -> None:
-        if not self.store_history:
-            return
-        r = self.result
-        meta: dict[str, Any] = {"model": self.turn.model}
-        for key in ("usage", "finish_reason", "error"):
-            if getattr(r, key):
-                meta[key] = getattr(r, key)
-        reply = StoredMessage("assistant", r.content, status=r.status, created_at=time.time(),
-                              meta=meta)
-        await self.engine.store.append_messages(self.turn.conversation_id or "", [reply],
-                                                character_id=self._character_id)
+        if self.kind is not None:
+            await self.kind.after(self.engine.store, self.turn, self.result)
 
     async def _finish(self) -> None:
         """Release everything, store the reply, log once, tell the plugins. Never raises."""

@@ -1,4 +1,5 @@
-"""``POST /api/chat/stream`` (SSE) and ``POST /api/chat`` (one JSON reply): the same turn."""
+"""``POST /api/chat/stream`` (SSE) and ``POST /api/chat`` (one JSON reply): the same turn —
+in a group chat, the same turns (one per speaker)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pydantic import BaseModel
 
 from companion_engine import hookimpl
 from companion_engine.chat.request import ChatRequest
+from companion_engine.chat.respond import run_turns, stream_turns, wants_speech
 from companion_engine.chat.runner import TurnResult, TurnRunner
-from companion_engine.chat.sse import SSEWriter, timestamp
-from companion_engine.chat.turns import make_turn
+from companion_engine.chat.sse import timestamp
+from companion_engine.chat.turns import chat_turns
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
-from companion_engine.speech import formats
 
 routes = ApiRoutes()
 
@@ -38,6 +39,17 @@ SSE_DOC = {"text/event-stream": {"schema": {
     }}}}
 
 
+class SpeakerReply(BaseModel):
+    """One speaker's reply in a group chat."""
+
+    character_id: str | None
+    character: str | None
+    content: str
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
 class ChatReply(BaseModel):
     success: bool
     content: str
@@ -46,15 +58,9 @@ class ChatReply(BaseModel):
     usage: dict[str, Any] | None
     conversation_id: str | None
     finish_reason: str | None = None
+    #: A group chat: every speaker's reply, in order (``content`` is the first one's).
+    replies: list[SpeakerReply] | None = None
     timestamp: str
-
-
-async def _runner(engine: Engine, pipeline: Any, req: ChatRequest, *, speak: bool) -> TurnRunner:
-    turn = await make_turn(engine, pipeline, req)
-    runner = TurnRunner(engine, pipeline, turn, speak=speak,
-                        store_history=req.message is not None)
-    await runner.prepare()
-    return runner
 
 
 @routes.post("/api/chat/stream", body=ChatRequest, response_content=SSE_DOC, tags=["chat"],
@@ -63,16 +69,9 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     req = await read_body(request, ChatRequest)
     async with engine.lease() as pipeline:
-        speak = req.enable_tts if req.enable_tts is not None else pipeline.profile.speech.enabled
-        if speak and req.audio_format:
-            why = formats.unavailable(req.audio_format)
-            if why is not None:
-                raise ApiError(422, why)
-        runner = await _runner(engine, pipeline, req, speak=speak)
-        writer = await SSEWriter.open(request)
-        await runner.stream_to(writer)
-        await writer.close()
-    return writer.response
+        speak = wants_speech(pipeline, req.enable_tts, req.audio_format)
+        return await stream_turns(request, engine, pipeline,
+                                  chat_turns(engine, pipeline, req), speak=speak)
 
 
 @routes.post("/api/chat", body=ChatRequest, response=ChatReply, tags=["chat"],
@@ -82,21 +81,28 @@ async def chat(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     req = await read_body(request, ChatRequest)
     async with engine.lease() as pipeline:
-        runner = await _runner(engine, pipeline, req, speak=False)
-        result: TurnResult = await runner.run(_discard)
+        done = await run_turns(engine, pipeline, chat_turns(engine, pipeline, req))
+    runner, result = done[0]
     if result.error is not None:
         raise ApiError(ERROR_STATUS.get(result.error["type"], 502), result.error["error"],
                        detail=result.error)
-    return json_response({
+    body: dict[str, Any] = {
         "success": True, "content": result.content, "provider": runner.provider,
         "model": runner.turn.model, "usage": result.usage,
         "conversation_id": runner.turn.conversation_id, "finish_reason": result.finish_reason,
         "timestamp": timestamp(),
-    })
+    }
+    if len(done) > 1 or (runner.kind is not None and runner.kind.group):
+        body["replies"] = [speaker_reply(r, res) for r, res in done]
+    return json_response(body)
 
 
-async def _discard(event: str, data: dict[str, Any]) -> None:
-    """``/api/chat`` sends no events: the reply is the result."""
+def speaker_reply(runner: TurnRunner, result: TurnResult) -> dict[str, Any]:
+    card = runner.turn.character
+    return {"character_id": card.id if card else None,
+            "character": card.display_name if card else None, "content": result.content,
+            "finish_reason": result.finish_reason, "usage": result.usage,
+            "error": result.error}
 
 
 @hookimpl

@@ -259,8 +259,8 @@ class Store(ABC):
     ) -> int:
         """Append messages in one transaction, creating the conversation if new, and
         return its new version. ``opening`` (a greeting) is written before ``messages``
-        only when this call creates the conversation: of concurrent first turns, exactly
-        one stores it."""
+        only while the conversation has no messages (new, or emptied by an edit): of
+        concurrent first turns, exactly one stores it."""
 
     @abstractmethod
     async def create_conversation(
@@ -274,7 +274,7 @@ class Store(ABC):
 
     @abstractmethod
     async def list_conversations(
-        self, *, character_id: str | None = None, limit: int = 50,
+        self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
         """Newest first (``updated_at``); ``character_id`` keeps those it takes part in."""
 
@@ -327,6 +327,12 @@ class Store(ABC):
             return Change(replace={index: new})
 
         return await self._transact(conversation_id, edit, expected_version)
+
+    async def add_message(self, conversation_id: str, message: StoredMessage, *,
+                          expected_version: int | None) -> Conversation:
+        """Append one message to an existing conversation (``ConversationNotFound`` else)."""
+        return await self._transact(conversation_id, lambda conv: Change(append=[message]),
+                                    expected_version)
 
     async def delete_messages(self, conversation_id: str, start: int, *,
                               expected_version: int | None) -> Conversation:

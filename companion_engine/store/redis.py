@@ -12,7 +12,7 @@ Layout under a key prefix (``companion:`` by default, ``?prefix=`` in the URL):
 - ``{prefix}character:{id}:conversations``: a set of the ids a character takes part in.
 
 An append is one Lua script (atomic, one round trip: it creates the
-conversation and writes its greeting only if the conversation is new). An edit
+conversation if new, and writes its greeting only while it has no messages). An edit
 is an optimistic transaction: ``WATCH`` the conversation's keys, read, check the
 version, ``MULTI``/``EXEC`` the change; a concurrent writer makes ``EXEC`` fail
 and the edit is retried against what that writer left (or reported stale).
@@ -62,12 +62,16 @@ if created == 1 then
     i = i + 2
   end
   for k = 4, #KEYS do redis.call('SADD', KEYS[k], id) end
+else
+  i = i + 2 * n_fields
+end
+if n_open > 0 and redis.call('LLEN', msgs) == 0 then
   for _ = 1, n_open do
     redis.call('RPUSH', msgs, ARGV[i])
     i = i + 1
   end
 else
-  i = i + 2 * n_fields + n_open
+  i = i + n_open
 end
 for j = i, #ARGV do redis.call('RPUSH', msgs, ARGV[j]) end
 redis.call('HSET', head, 'updated_at', now)
@@ -237,16 +241,16 @@ class RedisStore(Store):
         return _conversation(conversation_id, head, raw)
 
     async def list_conversations(
-        self, *, character_id: str | None = None, limit: int = 50,
+        self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
         if character_id is None:
-            ids = await self.client.zrevrange(self._listing(), 0, limit - 1)
+            ids = await self.client.zrevrange(self._listing(), offset, offset + limit - 1)
         else:
             members = list(await self.client.smembers(self._member(character_id)))
             scores = await self.client.zmscore(self._listing(), members) if members else []
             ranked = sorted(((s, i) for i, s in zip(members, scores, strict=True)
                              if s is not None), reverse=True)
-            ids = [i for _, i in ranked[:limit]]
+            ids = [i for _, i in ranked[offset:offset + limit]]
         if not ids:
             return []
         async with self.client.pipeline(transaction=True) as tx:

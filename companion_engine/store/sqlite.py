@@ -220,7 +220,14 @@ class SQLiteStore(Store):
                     "WHERE id = ? RETURNING version", (now, conversation_id)) as cur:
                     row = await cur.fetchone()
                 version = int(row[0]) if row else 1
-            await self.db.executemany(INSERT_MESSAGE, (opening_rows if created else []) + rows)
+            opened = opening_rows
+            if opened and not created:
+                async with self.db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE "
+                                           "conversation_id = ?)", (conversation_id,)) as cur:
+                    row = await cur.fetchone()
+                if row and row[0]:
+                    opened = []
+            await self.db.executemany(INSERT_MESSAGE, opened + rows)
             return version
 
         return int(await self._transaction(work))
@@ -279,20 +286,20 @@ class SQLiteStore(Store):
         return _head(rows[0][:9], messages), rowids
 
     async def list_conversations(
-        self, *, character_id: str | None = None, limit: int = 50,
+        self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
-        where, params = "", [limit]
+        where, params = "", [limit, offset]
         if character_id is not None:
             where = ("WHERE c.character_id = ? OR EXISTS (SELECT 1 FROM "
                      "json_each(c.character_ids) WHERE json_each.value = ?)")
-            params = [character_id, character_id, limit]
+            params = [character_id, character_id, limit, offset]
         async with self.reader.execute(
             f"SELECT {HEAD_COLUMNS}, "
             "(SELECT COUNT(*) FROM messages WHERE conversation_id = c.id), "
             f"{MESSAGE_COLUMNS} FROM conversations c "
             "LEFT JOIN messages m ON m.id = (SELECT MAX(id) FROM messages "
             "WHERE conversation_id = c.id) "
-            f"{where} ORDER BY c.updated_at DESC, c.id LIMIT ?", params,
+            f"{where} ORDER BY c.updated_at DESC, c.id LIMIT ? OFFSET ?", params,
         ) as cur:
             rows = list(await cur.fetchall())
         out = []
