@@ -46,6 +46,21 @@ class LoreActivation:
 
 
 @dataclass(slots=True)
+class LoreDrop:
+    """A lorebook entry that would have fired but the token budget left out (preview)."""
+
+    id: int | str | None
+    comment: str
+    position: str
+    order: int
+    source: str = "character"
+    #: Tokens it would have taken (None when the scan stopped before counting it).
+    tokens: int | None = None
+    #: ``over_budget`` (it did not fit) or ``scan_stopped`` (not tried after an overflow).
+    reason: str = "over_budget"
+
+
+@dataclass(slots=True)
 class HistoryInfo:
     """What the history builder kept of the conversation (``/api/prompt/preview``)."""
 
@@ -67,6 +82,8 @@ class LorebookInfo:
     tokens: int = 0
     token_budget: int | None = None
     overflowed: bool = False
+    #: What the budget left out, in the order the scan met it.
+    dropped: list[LoreDrop] = field(default_factory=list)
     passes: int = 0
     tokenizer: str = ""
     warnings: list[str] = field(default_factory=list)

@@ -273,6 +273,11 @@ def test_budget_keeps_highest_order_first_and_stops_at_first_overflow() -> None:
     assert fired(result) == ["high"]
     assert result.overflowed
     assert {x.uid for x in result.dropped} == {"huge", "tiny", "low"}
+    # What the preview lists (issue 19.13): the one that did not fit, counted, then the rest
+    # of the pass, never tried because SillyTavern stops at the first overflow.
+    assert [(c.entry.uid, c.tokens, c.reason) for c in result.cut] == [
+        ("huge", 501, "over_budget"), ("tiny", None, "scan_stopped"),  # 2000 chars + "\n"
+        ("low", None, "scan_stopped")]
 
 
 def test_exact_fit_counts_as_overflow() -> None:
@@ -335,6 +340,8 @@ def test_spec_budget_drops_lowest_priority_and_keeps_going() -> None:
     lore = compile_entries(e, spec=True)
     result = run(lore, ["User: k"], spec=True, token_budget=150)
     assert sorted(fired(result)) == ["p0", "p9"]
+    assert [(c.entry.uid, c.tokens, c.reason) for c in result.cut] == [
+        ("p1", 101, "over_budget")]  # content + "\n"
 
 
 def test_spec_book_scan_depth_and_v3_decorators() -> None:

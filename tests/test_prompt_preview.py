@@ -101,6 +101,37 @@ async def test_server_history_is_used(client: TestClient) -> None:
     assert [x["comment"] for x in out["lore"]] == ["saturn"]
 
 
+async def test_preview_lists_the_lore_the_budget_dropped(make_client: Any, make_config: Any,
+                                                          tmp_path: Path) -> None:
+    """Issue 19.13: when ``lore_overflowed`` is true the preview says which entries went."""
+    (tmp_path / "book.json").write_text(json.dumps({"entries": {
+        "0": {"uid": "small", "key": ["storm"], "content": "Storms come from the west.",
+              "order": 50, "comment": "weather"},
+        "1": {"uid": "big", "key": ["storm"], "content": "The storm god " * 60,
+              "order": 20, "comment": "the storm god"},
+        "2": {"uid": "tiny", "key": ["storm"], "content": "Wet.", "order": 10,
+              "comment": "rain"},
+        "3": {"uid": "calm", "key": ["calm"], "content": "Calm.", "order": 5}}}))
+    cfg = make_config(profile={"output": [], "prompt": [
+        "system_prompt", {"lorebook": {"files": ["book.json"], "token_budget": 40,
+                                       "recursive": False}},
+        "character_definition", "history"]})
+    cfg.base_dir = tmp_path
+    client = await make_client(cfg)
+    out = await preview(client, {"message": "A storm is coming."})
+    assert [x["id"] for x in out["lore"]] == ["small"]
+    assert out["tokens"]["lore_overflowed"] is True
+    dropped = out["lore_dropped"]
+    assert [(d["id"], d["comment"], d["source"], d["reason"]) for d in dropped] == [
+        ("big", "the storm god", "book", "over_budget"),
+        ("tiny", "rain", "book", "scan_stopped")]
+    assert dropped[0]["tokens"] > 40 and dropped[1]["tokens"] is None
+    assert out["tokens"]["lore"] + dropped[0]["tokens"] >= out["tokens"]["lore_budget"]
+    # Within budget: nothing dropped, not overflowed.
+    calm = await preview(client, {"message": "All calm."})
+    assert calm["lore_dropped"] == [] and calm["tokens"]["lore_overflowed"] is False
+
+
 @pytest.mark.parametrize(("body", "status", "text"), [
     (b"{not json", 400, "malformed JSON"),
     (b"", 400, "empty"),
@@ -125,3 +156,8 @@ async def test_preview_is_in_the_openapi_document(client: TestClient) -> None:
         "ChatRequest")
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "PromptPreview")
+    schemas = spec["components"]["schemas"]
+    dropped = schemas["PromptPreview"]["properties"]["lore_dropped"]
+    assert dropped["items"]["$ref"].endswith("PreviewDroppedLore") and dropped["description"]
+    assert set(schemas["PreviewDroppedLore"]["properties"]) == {
+        "id", "comment", "position", "order", "source", "tokens", "reason"}

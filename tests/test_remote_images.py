@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion_engine.builtin.sanitizers import SanitizeHTML, is_remote_url
+from companion_engine.builtin.markup.policy import is_remote_url
+from companion_engine.builtin.sanitizers import SanitizeHTML
 from tests.test_sanitizers import every_split, run, split_at
 
 STRIPPED = [

@@ -35,7 +35,7 @@ from companion_engine.lorebook import (
 from companion_engine.prompting import expand
 from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
-from companion_engine.turn import LoreActivation, LorebookInfo, Turn
+from companion_engine.turn import LoreActivation, LorebookInfo, LoreDrop, Turn
 
 #: Books with more entries than this compile and scan in a thread (off the event loop).
 THREAD_COMPILE_ENTRIES = 300
@@ -164,6 +164,10 @@ class LorebookStage(LorebookInjector):
         info.entries += len(lore.entries)
         info.activated += len(result.activated)
         info.tokens += result.tokens
+        info.dropped.extend(LoreDrop(id=c.entry.uid, comment=c.entry.comment,
+                                     position=c.entry.position, order=c.entry.order,
+                                     source=c.entry.source, tokens=c.tokens, reason=c.reason)
+                            for c in result.cut)
         info.token_budget = opts.token_budget
         info.overflowed = info.overflowed or result.overflowed
         info.passes = max(info.passes, result.passes)

@@ -7,27 +7,32 @@ through at once. None of them escapes text: ``It's`` and ``a < b`` stay as they
 are, for the display and for speech.
 
 - ``strip_think`` drops ``<think>...</think>`` reasoning blocks.
-- ``sanitize_html`` drops script/style/iframe/object elements, embed/link/meta
-  tags and event-handler or ``javascript:`` attributes; other markup and all
-  text are kept. Unless ``remote_images: true``, images that a client would
-  fetch from another server (``<img src="https://...">``, ``![alt](https://...)``)
-  are removed too (markdown ones leave their alt text): a prompt-injected reply
-  could otherwise smuggle conversation text out in an image URL.
+- ``sanitize_html`` removes what a browser, or a markdown renderer and then a
+  browser, would execute: script/style/iframe/object elements, embed/link/meta
+  tags, event-handler attributes, styles that run code, and ``javascript:``,
+  ``vbscript:`` and ``data:text/html`` URLs in attributes, links, images and
+  reference definitions (after entity decoding, however obfuscated); other
+  markup and all text are kept. Unless ``remote_images: true``, everything that
+  a client would fetch from another server by itself (``<img src=...>``,
+  ``srcset``, ``poster``, ``background``, ``style="...url(...)"``,
+  ``![alt](https://...)`` and ``[ref]: https://...``) goes too (markdown images
+  leave their alt text): a prompt-injected reply could otherwise smuggle
+  conversation text out in an image URL. See ``companion_engine.builtin.markup``.
 - ``stop_at_role_leak`` ends the reply when the model starts writing the user's
   turn (a line starting ``User:`` or ``<user name>:``, or a chat-template token).
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-import regex
 from pydantic import Field
 
 from companion_engine import hookimpl
+from companion_engine.builtin.markup.html import HTMLSanitizer
+from companion_engine.builtin.markup.markdown import LinkGuard, MarkdownImageStripper
 from companion_engine.stages import Sanitizer, StageOptions
 
 if TYPE_CHECKING:
@@ -146,250 +151,8 @@ class StripThink(Sanitizer):
 
 
 # --- sanitize_html ----------------------------------------------------------------------------
-
-#: Elements removed together with everything up to their end tag.
-DROP_WITH_CONTENT = frozenset({"script", "style", "iframe", "object", "applet", "noscript",
-                               "noembed", "noframes", "frameset", "template"})
-#: Elements removed as a tag (void or harmless without their attributes).
-DROP_TAG = frozenset({"embed", "link", "meta", "base", "frame"})
-#: Longest tag we wait for; a ``<`` with no ``>`` within this is just text.
-MAX_TAG = 1024
-#: How a ``<`` that starts like a tag (``<x``, ``</``) but is not one goes out. Left as
-#: ``<``, a removal could join it to what follows into live markup
-#: (``<scr</script>ipt>`` -> ``<script>``), so only this ambiguous case is escaped.
-LT = "&lt;"
-
-_TAG_START = re.compile(r"</?[A-Za-z]")
-_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9:-]*)")
-_ATTR = re.compile(r"""(\s+)([^\s=/>]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
-#: What no kept tag may still contain after its attributes were cleaned.
-_ACTIVE = re.compile(r"""[\s/"']on[a-z]+\s*=|javascript:|vbscript:|data:text/html|expression\(""")
-#: Attributes holding a URL a browser might navigate to or load.
-URL_ATTRS = frozenset({"href", "src", "action", "formaction", "data", "xlink:href", "background",
-                       "poster", "lowsrc", "dynsrc", "codebase", "cite", "ping"})
-_URL_NOISE = re.compile(r"[\s\x00-\x1f]+")
-
-
-def _safe_attr(name: str, value: str) -> bool:
-    """False for event handlers, ``srcdoc`` and script URLs (entities and tabs decoded)."""
-    n = name.lower()
-    if n.startswith("on") or n == "srcdoc":
-        return False
-    if n not in URL_ATTRS and n != "style":
-        return True
-    v = _URL_NOISE.sub("", html.unescape(value.strip("\"'"))).lower()
-    if n == "style":
-        return "expression(" not in v and "javascript:" not in v
-    return not v.startswith(("javascript:", "vbscript:", "data:text/html"))
-
-
-def _clean_tag(tag: str, name_end: int) -> str:
-    """The tag without unsafe attributes; dropped whole if anything active is left."""
-    body = _ATTR.sub(lambda a: a.group(0) if _safe_attr(a.group(2), a.group(3) or "") else "",
-                     tag[name_end:])
-    cleaned = tag[:name_end] + body
-    plain = _URL_NOISE.sub("", html.unescape(cleaned)).lower()
-    return "" if _ACTIVE.search(cleaned.lower()) or _ACTIVE.search(plain) else cleaned
-
-
-def _tag_end(data: str, start: int) -> int:
-    """Index just past the ``>`` closing the tag at ``start``.
-
-    Quotes count only around attribute values (after ``=``), as in browsers.
-    -1: no ``>`` yet; -2: an unquoted ``<`` comes first, so this was not a tag.
-    """
-    limit = min(len(data), start + MAX_TAG)
-    i = start + 1
-    while i < limit:
-        c = data[i]
-        if c == ">":
-            return i + 1
-        if c == "<":
-            return -2
-        if c == "=":
-            i += 1
-            while i < limit and data[i] in " \t\n\r\f":
-                i += 1
-            if i < limit and data[i] in "\"'":
-                close = data.find(data[i], i + 1, limit)
-                if close == -1:
-                    return -1
-                i = close
-            else:
-                continue  # an unquoted value: look at its first character as usual
-        i += 1
-    return -1
-
-
-#: Tags that make a browser fetch a URL by themselves (no click needed).
-FETCHING_TAGS = frozenset({"img", "image", "video", "audio", "source", "track", "picture",
-                           "input", "body", "table", "td", "svg", "use"})
-FETCH_ATTRS = frozenset({"src", "srcset", "poster", "background", "data", "href", "xlink:href",
-                         "lowsrc", "dynsrc"})
-
-
-def is_remote_url(url: str) -> bool:
-    """True for a URL that points at another server (any scheme but ``data:image/``)."""
-    u = _URL_NOISE.sub("", html.unescape(url.strip("\"' <>"))).lower()
-    if u.startswith("data:image/"):
-        return False
-    return bool(re.match(r"[a-z][a-z0-9+.-]*:|//|\\\\", u))
-
-
-def _fetches_remote(tag: str, name_end: int) -> bool:
-    return any(a.group(2).lower() in FETCH_ATTRS and is_remote_url(a.group(3) or "")
-               for a in _ATTR.finditer(tag, name_end))
-
-
-class HTMLSanitizer:
-    """Streams text through, removing active markup and keeping everything else verbatim."""
-
-    def __init__(self, remote_images: bool = True) -> None:
-        self.remote_images = remote_images
-        self._hold = ""
-        #: Inside a dropped element: the compiled end-tag pattern we skip to.
-        self._skip_to: re.Pattern[str] | None = None
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if not self._hold and self._skip_to is None and "<" not in text:
-            return text
-        data, self._hold = self._hold + text, ""
-        out: list[str] = []
-        pos = 0
-        n = len(data)
-        while pos < n:
-            if self._skip_to is not None:
-                m = self._skip_to.search(data, pos)
-                if m is None:
-                    lt = data.rfind("<", pos)  # maybe the start of the end tag
-                    self._hold = data[lt:] if lt != -1 and n - lt < 64 else ""
-                    return "".join(out)
-                self._skip_to, pos = None, m.end()
-                continue
-            lt = data.find("<", pos)
-            if lt == -1:
-                out.append(data[pos:])
-                break
-            out.append(data[pos:lt])
-            if lt + 1 >= n or (data[lt + 1] in "/" and lt + 2 >= n):
-                self._hold = data[lt:]  # "<" or "</" at the end: wait for more
-                break
-            if not _TAG_START.match(data, lt):
-                out.append("<")  # "a < b", "<3": text
-                pos = lt + 1
-                continue
-            end = _tag_end(data, lt)
-            if end == -1 or end == -2:
-                if end == -1 and n - lt < MAX_TAG:
-                    self._hold = data[lt:]  # the tag is still arriving
-                    break
-                out.append(LT)  # see LT: text around a removal must not become a tag
-                pos = lt + 1
-                continue
-            out.append(self._tag(data[lt:end]))
-            pos = end
-        return "".join(out)
-
-    def _tag(self, tag: str) -> str:
-        m = _TAG_NAME.match(tag)
-        assert m is not None
-        name = m.group(1).lower()
-        closing = tag.startswith("</")
-        if name in DROP_WITH_CONTENT:
-            if not closing and not tag.endswith("/>"):
-                self._skip_to = re.compile(rf"</{name}\s*>", re.IGNORECASE)
-            return ""
-        if name in DROP_TAG:
-            return ""
-        if not (closing or self.remote_images) and name in FETCHING_TAGS \
-                and _fetches_remote(tag, m.end()):
-            return ""
-        return tag if closing else _clean_tag(tag, m.end())
-
-    def finish(self) -> str:
-        """A dropped element left open is dropped; a held fragment was text after all."""
-        held, self._hold = self._hold, ""
-        if self._skip_to is not None:
-            return ""
-        if _TAG_START.match(held):  # never closed: not a tag, but its text may hold markup
-            return LT + self.feed(held[1:]) + self.finish()
-        return held
-
-
-#: Markdown image parts (CommonMark): alt text with one level of nested brackets, a
-#: destination bare or in ``<...>``, an optional title in quotes or parentheses.
-_ALT = r"((?:[^\[\]\n]|\[[^\[\]\n]{0,256}\]){0,256})"
-_DEST = r"(?:<([^<>\n]{0,2048})>|([^\s()<>]{0,2048}))"
-_TITLE = r"""(?:\s+(?:"[^"\n]{0,256}"|'[^'\n]{0,256}'|\([^()\n]{0,256}\)))?"""
-#: ``regex`` (not ``re``): its partial matching tells whether held text may still match.
-_MD_IMAGE = regex.compile(rf"!\[{_ALT}\]\(\s*{_DEST}{_TITLE}\s*\)")
-#: A link reference definition line, ``[label]: url "title"`` (what ``![x][label]`` loads).
-_MD_DEFINITION = regex.compile(rf"[ ]{{0,3}}\[([^\]\n]{{1,256}})\]:[ \t]*{_DEST}[^\n]*\n")
-#: Longest text held back while it may still become one of the above.
-MAX_MD_HOLD = 2600
-
-
-def _dest(m: regex.Match[str], first: int) -> str:
-    return m.group(first) if m.group(first) is not None else (m.group(first + 1) or "")
-
-
-class MarkdownImageStripper:
-    """Replaces ``![alt](remote-url)`` by ``alt`` and drops remote link definitions.
-
-    Only text that may still become an image or a definition is held back (decided
-    by partial matching, so the result never depends on chunking), and never more
-    than ``MAX_MD_HOLD`` characters.
-    """
-
-    def __init__(self) -> None:
-        self._hold = ""
-        self._line_start = True
-        self.stopped = False
-
-    def feed(self, text: str, final: bool = False) -> str:
-        data, self._hold = self._hold + text, ""
-        if not final and "!" not in data and "[" not in data:
-            if data:
-                self._line_start = data.endswith("\n")
-            return data
-        out: list[str] = []
-        pos, n = 0, len(data)
-        line_start = self._line_start
-        while pos < n:
-            if line_start and data[pos:pos + 4].lstrip(" ").startswith("["):
-                probe = data + "\n" if final and "\n" not in data[pos:] else data
-                m = _MD_DEFINITION.match(probe, pos, partial=not final)
-                if m is not None and not m.partial:
-                    if not is_remote_url(_dest(m, 2)):
-                        out.append(data[pos:min(m.end(), n)])
-                    pos = min(m.end(), n)
-                    continue
-                if m is not None and n - pos < MAX_MD_HOLD:
-                    self._hold = data[pos:]  # a definition line may be arriving
-                    break
-            line_start = False
-            if data[pos] == "!":
-                m = _MD_IMAGE.match(data, pos, partial=not final)
-                if m is not None and not m.partial:
-                    out.append(m.group(1) if is_remote_url(_dest(m, 2)) else m.group(0))
-                    pos = m.end()
-                    continue
-                if m is not None and n - pos < MAX_MD_HOLD:
-                    self._hold = data[pos:]  # may still become an image: wait
-                    break
-            nxt = min((i for i in (data.find("!", pos + 1), data.find("\n", pos) + 1)
-                       if i > pos), default=n)
-            out.append(data[pos:nxt])
-            line_start = data[nxt - 1] == "\n"
-            pos = nxt
-        if not self._hold:
-            self._line_start = line_start
-        return "".join(out)
-
-    def finish(self) -> str:
-        held, self._hold = self._hold, ""
-        return self.feed(held, final=True) if held else ""
+# The passes live in ``companion_engine.builtin.markup`` (tags as HTML5 tokenises them, the one
+# policy of what a browser would fetch or run, the HTML and markdown passes).
 
 
 class ScannerChain:
@@ -412,24 +175,29 @@ class ScannerChain:
 
 
 class SanitizeHTML(Sanitizer):
-    """Remove script/style/iframe and event-handler markup; never escape text."""
+    """Remove markup that would run a script or load from another server; never escape text."""
 
     name: ClassVar[str] = "sanitize_html"
     description: ClassVar[str] = "remove script, style, iframe and event-handler markup"
 
     class Options(StageOptions):
         #: Keep images that load from other servers (``<img src=https://...>``,
-        #: ``![](https://...)``). Off by default: a prompt-injected reply could leak the
-        #: conversation through such a URL the moment a client renders it.
+        #: ``![](https://...)``, ``style="background:url(https://...)"``). Off by default: a
+        #: prompt-injected reply could leak the conversation through such a URL the moment a
+        #: client renders it.
         remote_images: bool = False
 
     options: Options
 
     def process(self, chunks: AsyncIterator[str], turn: Turn) -> AsyncIterator[str]:
-        if self.options.remote_images:
-            return run_scanner(HTMLSanitizer(), chunks)
-        return run_scanner(ScannerChain(HTMLSanitizer(remote_images=False),
-                                        MarkdownImageStripper()), chunks)
+        return run_scanner(sanitize_scanner(self.options.remote_images), chunks)
+
+
+def sanitize_scanner(remote_images: bool = False) -> ScannerChain:
+    """The three passes of ``sanitize_html``: HTML, then markdown images, then every link."""
+    return ScannerChain(HTMLSanitizer(remote_images=remote_images),
+                        MarkdownImageStripper(remote_images=remote_images),
+                        LinkGuard(remote_images=remote_images))
 
 
 # --- stop_at_role_leak ------------------------------------------------------------------------

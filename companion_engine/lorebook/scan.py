@@ -64,6 +64,17 @@ class Activation:
     scan_pass: int
 
 
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """An entry the token budget left out."""
+
+    entry: Entry
+    #: Tokens it would have taken (None: not counted, the scan had stopped before it).
+    tokens: int | None
+    #: ``over_budget``: it did not fit; ``scan_stopped``: not tried after the first overflow.
+    reason: str
+
+
 @dataclass(slots=True)
 class ScanResult:
     activated: list[Activation] = field(default_factory=list)
@@ -71,7 +82,11 @@ class ScanResult:
     tokens: int = 0
     overflowed: bool = False
     #: Entries cut by the budget (spec semantics) or left out after an overflow.
-    dropped: list[Entry] = field(default_factory=list)
+    cut: list[Cut] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> list[Entry]:
+        return [c.entry for c in self.cut]
 
 
 def chat_for_scan(messages: list[tuple[str, str]]) -> list[str]:
@@ -264,7 +279,8 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
             tokens = count(content + "\n")
             if not opts.spec and prev_tokens + running + tokens >= opts.token_budget:
                 result.overflowed = True
-                result.dropped.extend(entries[r] for r, _ in new[i:])
+                result.cut.append(Cut(entry, tokens, "over_budget"))
+                result.cut.extend(Cut(entries[r], None, "scan_stopped") for r, _ in new[i + 1:])
                 break
             running += tokens
             activated[rank] = Activation(entry, content, matched, tokens, result.passes)
@@ -309,6 +325,6 @@ def _spec_budget(result: ScanResult, budget: int) -> None:
             used += a.tokens
             kept.add(id(a))
         else:
-            result.dropped.append(a.entry)
+            result.cut.append(Cut(a.entry, a.tokens, "over_budget"))
             result.overflowed = True
     result.activated = [a for a in result.activated if id(a) in kept]

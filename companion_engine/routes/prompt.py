@@ -7,7 +7,7 @@ assembled by the same ``assemble_prompt``; nothing is stored.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -43,13 +43,28 @@ class PreviewLore(BaseModel):
     tokens: int = 0
 
 
+class PreviewDroppedLore(BaseModel):
+    id: int | str | None
+    comment: str
+    position: str
+    order: int
+    source: str = Field(description="the lorebook: the character's name or a file's stem")
+    tokens: int | None = Field(default=None, description="tokens it would have taken (null: "
+                                                         "not counted, the scan had stopped)")
+    reason: Literal["over_budget", "scan_stopped"] = Field(
+        description="over_budget: it did not fit in what was left of the budget; "
+                    "scan_stopped: it matched but was not tried, since SillyTavern's scan "
+                    "stops at the first entry that does not fit")
+
+
 class PreviewTokens(BaseModel):
     total: int
     tokenizer: str = Field(description="tiktoken:<encoding>, or estimate:chars/4")
     exact: bool
     lore: int = 0
     lore_budget: int | None = None
-    lore_overflowed: bool = False
+    lore_overflowed: bool = Field(default=False, description="the lorebook token budget left "
+                                                             "entries out (see lore_dropped)")
     history: int | None = None
     history_budget: int | None = None
     history_dropped: int = 0
@@ -89,6 +104,9 @@ class PromptPreview(BaseModel):
                                                            "conversation")
     messages: list[PreviewMessage]
     lore: list[PreviewLore]
+    lore_dropped: list[PreviewDroppedLore] = Field(
+        default_factory=list, description="entries that would have fired but the lorebook "
+                                          "token_budget left out, in scan order")
     tokens: PreviewTokens
     warnings: list[str] = Field(default_factory=list, description="lorebook problems")
     memory: PreviewMemory | None = Field(default=None, description="what the memory stage "
@@ -125,6 +143,10 @@ async def preview_prompt(request: web.Request) -> web.Response:
         lore=[PreviewLore(id=x.id, comment=x.comment, position=x.position, order=x.order,
                           source=x.source, depth=x.depth, role=x.role, matched=x.matched,
                           tokens=x.tokens) for x in turn.lore],
+        lore_dropped=[PreviewDroppedLore(id=x.id, comment=x.comment, position=x.position,
+                                         order=x.order, source=x.source, tokens=x.tokens,
+                                         reason=x.reason)  # type: ignore[arg-type]
+                      for x in lore.dropped],
         tokens=PreviewTokens(
             total=sum(m.tokens for m in messages), tokenizer=counter.name, exact=counter.exact,
             lore=lore.tokens, lore_budget=lore.token_budget, lore_overflowed=lore.overflowed,
