@@ -72,6 +72,9 @@ class LorebookInfo:
     passes: int = 0
     tokenizer: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: The conversation's timed effects after this turn (sticky / cooldown), when they
+    #: changed; stored once the turn completes (``lorebook_timed`` in its state).
+    timed_state: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
