@@ -12,6 +12,7 @@ the ``memory`` stage says at start-up that recall is off there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ SCHEMA = (
     """CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
         content, content='messages', content_rowid='id',
         tokenize='porter unicode61 remove_diacritics 2')""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts_vocab USING fts5vocab(memory_fts, 'row')",
     """CREATE TRIGGER IF NOT EXISTS memory_fts_insert AFTER INSERT ON messages BEGIN
         INSERT INTO memory_fts(rowid, content) VALUES (new.id, new.content);
     END""",
@@ -45,6 +47,17 @@ SCHEMA = (
         INSERT INTO memory_fts(rowid, content) VALUES (new.id, new.content);
     END""",
 )
+
+#: A per-connection scratch table with the index's tokenizer: the stems of the query words.
+_STEMMER = (
+    """CREATE VIRTUAL TABLE IF NOT EXISTS temp.memory_query USING fts5(
+        word, tokenize='porter unicode61 remove_diacritics 2')""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS temp.memory_query_vocab "
+    "USING fts5vocab(temp, memory_query, 'instance')",
+)
+#: Messages the chosen words may match together, at most: BM25 scores every match, so
+#: this bounds the work of one search (common words are left out first; they say little).
+MATCH_BUDGET = 1000
 
 _SEARCH = """
 SELECT m.conversation_id, m.uid, m.id, m.role, m.content, m.created_at, m.meta,
@@ -83,6 +96,8 @@ class MessageIndex:
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
+        self._lock = asyncio.Lock()
+        self._ready = False
 
     async def ensure(self) -> bool:
         """Create the index and its triggers if missing, filled from the stored messages.
@@ -109,10 +124,49 @@ class MessageIndex:
                         (time.perf_counter() - began) * 1000)
         return created
 
+    async def choose(self, terms: list[str]) -> list[str]:
+        """The most telling of ``terms``: the rarest in the index (as their stems), as many as
+        fit ``MATCH_BUDGET`` matches together; words the index does not hold are dropped."""
+        db = self.store.reader
+        async with self._lock:
+            if not self._ready:
+                for statement in _STEMMER:
+                    await db.execute(statement)
+                self._ready = True
+            await db.execute("DELETE FROM temp.memory_query")
+            await db.executemany("INSERT INTO temp.memory_query(rowid, word) VALUES (?, ?)",
+                                 list(enumerate(terms)))
+            async with db.execute("SELECT doc, term FROM temp.memory_query_vocab") as cur:
+                stems = {int(doc): term for doc, term in await cur.fetchall()}
+        if not stems:
+            return []
+        # One lookup per distinct stem (an IN list): fts5vocab has no index to join on.
+        wanted = sorted(set(stems.values()))
+        async with db.execute("SELECT term, doc FROM memory_fts_vocab WHERE term IN "
+                              f"({','.join('?' * len(wanted))})", wanted) as cur:
+            df = {term: int(n) for term, n in await cur.fetchall()}
+        ranked = sorted((df[stem], i) for i, stem in stems.items() if stem in df)
+        chosen: list[int] = []
+        total = 0
+        seen: set[str] = set()
+        for n, i in ranked:
+            if stems[i] in seen:
+                continue
+            if total + n > MATCH_BUDGET and (chosen or n > 2 * MATCH_BUDGET):
+                break
+            seen.add(stems[i])
+            chosen.append(i)
+            total += n
+        return [terms[i] for i in sorted(chosen)]
+
     async def search(self, terms: list[str], *, scope: Scope, character_id: str | None,
                      conversation_id: str | None, limit: int) -> list[RecallHit]:
-        """The best ``limit`` messages matching any of ``terms`` (BM25), best first."""
+        """The best ``limit`` messages matching any of ``terms`` (BM25), best first; only the
+        rarest terms are searched for (``choose``)."""
         if not terms or limit <= 0:
+            return []
+        terms = await self.choose(terms)
+        if not terms:
             return []
         if scope == "character" and character_id:
             sql, key = _SEARCH.format(scope=_OF_CHARACTER.replace("?1", "?3")), character_id
