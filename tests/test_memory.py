@@ -309,3 +309,53 @@ def test_memory_options_are_validated() -> None:
     ok = Profile.model_validate({"prompt": [{"memory": {"summary": False, "recall": True}}]})
     stage = build_pipeline(ok, plugin_host()).prompt[0]
     assert stage.options.summary.enabled is False  # type: ignore[attr-defined]
+
+
+# --- semantic recall: embeddings through LiteLLM, vectors in sqlite-vec -----------------------
+
+
+async def _embedded(client: TestClient) -> None:
+    for vectors in client.app[ENGINE].stash.get("memory.vectors", ()):
+        await vectors.fill()
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+async def test_semantic_recall_with_embeddings(
+    make_client: MakeClient, llm_server: LLMTestServer, tmp_path: Path, mode: str,
+) -> None:
+    pytest.importorskip("sqlite_vec")
+    pytest.importorskip("pysqlite3")
+    write_card(tmp_path, "nova", "Nova", first_mes="")
+    memory = {"summary": False, "recall": {
+        "mode": mode, "embedding_model": "openai/test-embedding",
+        "embedding_api_base": llm_server.openai_base, "embedding_api_key": "sk-test"}}
+    client = await make_client(profile=memory_profile(llm_server, memory), root=tmp_path)
+    await chat(client, {"message": "My sister Clara lives in Lisbon by the sea.",
+                        "conversation_id": "old"})
+    await chat(client, {"message": "The weather was grey all week.", "conversation_id": "old"})
+    await _embedded(client)
+    assert "My sister Clara lives in Lisbon by the sea." in llm_server.embedded
+    assert (tmp_path / "data" / "companion.vectors.db").exists()
+
+    data = await preview(client, {"message": "clara lisbon sea", "conversation_id": "new"})
+    recalled = data["memory"]["recalled"]
+    assert recalled and recalled[0]["content"] == "My sister Clara lives in Lisbon by the sea."
+    sources = {r["source"] for r in recalled}
+    assert sources == ({"semantic"} if mode == "semantic" else sources & {"semantic", "fts"})
+    assert llm_server.embedded[-1].startswith("clara lisbon sea")  # the query, on the turn
+
+    # A deleted conversation is never recalled, even though its vectors remain.
+    await client.app[ENGINE].store.delete_conversation("old")
+    data = await preview(client, {"message": "clara lisbon sea", "conversation_id": "new"})
+    assert data["memory"]["recalled"] == []
+
+
+def test_semantic_mode_needs_an_embedding_model() -> None:
+    from companion_engine.config import Profile
+    from companion_engine.errors import ConfigError
+    from companion_engine.pipeline import build_pipeline
+    from tests.speech_helpers import plugin_host
+
+    profile = Profile.model_validate({"prompt": [{"memory": {"recall": {"mode": "semantic"}}}]})
+    with pytest.raises(ConfigError, match="needs embedding_model"):
+        build_pipeline(profile, plugin_host())
