@@ -214,7 +214,8 @@ async def test_summary_is_written_after_the_turn_and_placed_next_time(
     make_client: MakeClient, make_config: MakeConfig, llm_server: LLMTestServer, tmp_path: Path,
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
-    profile = memory_profile(llm_server, {"recall": False, "summary": {"batch": 1}},
+    profile = memory_profile(llm_server, {"recall": False,
+                                          "summary": {"batch": 1, "delay_s": 0}},
                              history_tokens=45)
     client = await make_client(profile=profile, root=tmp_path)
     says = ["I adopted a grey cat named Pixel today.", "Pixel knocked over my coffee.",
@@ -256,7 +257,7 @@ async def test_summary_never_delays_done(
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
     client = await make_client(profile=memory_profile(
-        llm_server, {"recall": False, "summary": {"batch": 1}}, history_tokens=30),
+        llm_server, {"recall": False, "summary": {"batch": 1, "delay_s": 0}}, history_tokens=30),
         root=tmp_path)
     for text in ("First long message about the harbour.", "Second long message about boats."):
         await chat(client, {"message": text, "conversation_id": "c"})
@@ -359,3 +360,21 @@ def test_semantic_mode_needs_an_embedding_model() -> None:
     profile = Profile.model_validate({"prompt": [{"memory": {"recall": {"mode": "semantic"}}}]})
     with pytest.raises(ConfigError, match="needs embedding_model"):
         build_pipeline(profile, plugin_host())
+
+
+async def test_summary_waits_for_a_quiet_moment_and_rapid_turns_cost_one(
+    make_client: MakeClient, llm_server: LLMTestServer, tmp_path: Path,
+) -> None:
+    write_card(tmp_path, "nova", "Nova", first_mes="")
+    client = await make_client(profile=memory_profile(
+        llm_server, {"recall": False, "summary": {"batch": 1, "delay_s": 2}},
+        history_tokens=30), root=tmp_path)
+    for i in range(5):
+        await chat(client, {"message": f"Rapid message number {i} about the harbour.",
+                            "conversation_id": "c"})
+    await summarizer_of(client).idle()
+    summaries = [r for r in llm_server.requests
+                 if r.body["messages"][0]["content"].startswith("You keep the memory")]
+    assert len(summaries) == 1  # the waiting jobs were replaced by the newest one
+    async with client.get("/api/conversations/c") as resp:
+        assert (await resp.json())["data"]["summary"]["covers"] >= 3

@@ -56,6 +56,9 @@ class SummaryOptions(Placement):
     temperature: float = Field(default=0.3, ge=0, le=2)
     #: Update once this many messages out of the history are not summarised yet.
     batch: int = Field(default=2, ge=1, le=1000)
+    #: ...and the conversation has been quiet this long (seconds): a turn that comes
+    #: sooner replaces the pending update, so rapid messages cost one summary.
+    delay_s: float = Field(default=3.0, ge=0, le=3600)
     #: How the summary is put in the prompt.
     template: str = "[Summary of the conversation so far: {{summary}}]"
 
@@ -361,7 +364,7 @@ def turn_completed(engine: Any, turn: Turn) -> None:
         conversation_id=turn.conversation_id, target=target, profile=profile,
         model=o.model or turn.model or profile.llm.model, prompt=o.prompt,
         max_words=o.max_words, temperature=o.temperature, char=turn.char_name,
-        user=turn.user_name))
+        user=turn.user_name, delay_s=o.delay_s))
 
 
 @hookimpl
