@@ -106,7 +106,10 @@ def project(root: Path, llm_port: int, history_tokens: int, summary_batch: int) 
     profiles = {
         "off": base,
         "recall": [*base, {"memory": {"summary": False}}],
-        "summary": [*base, {"memory": {"recall": False, "summary": {"batch": summary_batch}}}],
+        # delay_s 0: the summary starts right after each turn, during the next one (the
+        # worst case; the default waits for a quiet moment)
+        "summary": [*base, {"memory": {"recall": False, "summary": {"batch": summary_batch,
+                                                                    "delay_s": 0}}}],
     }
     for name, prompt in profiles.items():
         (root / "profiles" / f"{name}.yaml").write_text(yaml.safe_dump({
