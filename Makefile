@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,piper,audio,semantic]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,piper,audio]'
 	@touch $(STAMP)
 
 ## serve the companion on http://127.0.0.1:3000 (SQLite store, the Piper voice, espeak-ng fallback)

@@ -250,6 +250,19 @@ class LLMTestServer:
         finally:
             rec.mark_closed()
 
+    async def _openai_models(self, request: web.Request) -> web.Response:
+        if self.listing_status != 200:
+            return web.json_response({"error": "sick"}, status=self.listing_status)
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]})
+
+    async def _ollama_tags(self, request: web.Request) -> web.Response:
+        if self.listing_status != 200:
+            return web.json_response({"error": "sick"}, status=self.listing_status)
+        return web.json_response({"models": [
+            {"name": f"{m}:latest", "model": f"{m}:latest", "size": 1000 + i,
+             "modified_at": "2025-01-01T00:00:00Z"} for i, m in enumerate(self.models)]})
+
     async def _openai_embeddings(self, request: web.Request) -> web.Response:
         """OpenAI's ``/v1/embeddings``: a deterministic bag-of-words vector per input, so
         texts sharing words are close (cosine) and tests can predict what is recalled."""
@@ -271,37 +284,8 @@ class LLMTestServer:
                                   "model": rec.body.get("model", "test-embedding"),
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    async def _openai_models(self, request: web.Request) -> web.Response:
-        if self.listing_status != 200:
-            return web.json_response({"error": "sick"}, status=self.listing_status)
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]})
-
-    async def _ollama_tags(self, request: web.Request) -> web.Response:
-        if self.listing_status != 200:
-            return web.json_response({"error": "sick"}, status=self.listing_status)
-        return web.json_response({"models": [
-            {"name": f"{m}:latest", "model": f"{m}:latest", "size": 1000 + i,
-             "modified_at": "2025-01-01T00:00:00Z"} for i, m in enumerate(self.models)]})
-
 
 # --- wire encoding ----------------------------------------------------------------------------
-
-
-def embed(text: str, dimensions: int = 64) -> list[float]:
-    """A unit vector of the text's words hashed into ``dimensions`` buckets (stable)."""
-    import hashlib
-    import math
-    import re
-
-    vector = [0.0] * dimensions
-    for word in re.findall(r"[^\W_]+", text.lower()):
-        digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
-        vector[int.from_bytes(digest, "little") % dimensions] += 1.0
-    if not any(vector):
-        vector[0] = 1.0
-    norm = math.sqrt(sum(v * v for v in vector))
-    return [v / norm for v in vector]
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -345,3 +329,19 @@ def _ollama_chunk(model: str, text: str, done: bool, body: dict[str, Any],
             chunk["prompt_eval_count"] = _prompt_tokens(body)
             chunk["eval_count"] = len(script.tokens)
     return chunk
+
+
+def embed(text: str, dimensions: int = 64) -> list[float]:
+    """A unit vector of the text's words hashed into ``dimensions`` buckets (stable)."""
+    import hashlib
+    import math
+    import re
+
+    vector = [0.0] * dimensions
+    for word in re.findall(r"[^\W_]+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+        vector[int.from_bytes(digest, "little") % dimensions] += 1.0
+    if not any(vector):
+        vector[0] = 1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
