@@ -124,7 +124,7 @@ async def test_conversation_override_through_the_api(
     url = "/api/conversations/c/authors_note"
     async with client.put(url, json={"text": "Be {{char}}-like.", "depth": 0}) as r:
         assert r.status == 200, await r.text()
-        assert (await r.json())["authors_note"] == {"text": "Be {{char}}-like.", "depth": 0}
+        assert (await r.json())["authors_note"]["depth"] == 0
     data = await preview(client, {"message": "next", "conversation_id": "c"})
     assert data["messages"][-1]["content"] == "Be Nova-like."
     assert all(m["content"] != "profile note" for m in data["messages"])
@@ -135,9 +135,9 @@ async def test_conversation_override_through_the_api(
     data = await preview(client, {"message": "next", "conversation_id": "c"})
     assert any(m["content"] == "profile note" for m in data["messages"])
 
-    for bad, status in (({"depth": -1}, 422), ({"role": "narrator"}, 422),
-                        ({"text": 5}, 422), ({"frequency": "often"}, 422),
-                        ({"extra": 1}, 422), ("not an object", 422), ({"text": "x" * 20001}, 422)):
+    for bad, status in (({"text": "x", "depth": -1}, 422), ({"text": "x", "role": "narrator"}, 422),
+                        ({"text": 5}, 422), ({"text": "x", "frequency": "often"}, 422),
+                        ({"text": "x", "extra": 1}, 422), ("not an object", 422)):
         async with client.put(url, json=bad) as r:
             assert r.status in (400, status), (bad, r.status, await r.text())
             assert (await r.json())["success"] is False

@@ -10,24 +10,18 @@ lorebook's ``an_top`` / ``an_bottom`` entries. A conversation may override it
 as SillyTavern orders its extension prompts. Place this stage after
 ``lorebook`` and before ``history``. See ``docs/prompt.md``.
 
-This plugin also serves ``PUT``/``DELETE /api/conversations/{id}/authors_note``
-(the conversation routes are the ``conversations`` plugin's; this one only adds
-the override next to them).
+The override is set with ``PUT``/``DELETE /api/conversations/{id}/authors_note``
+(the conversation routes); this stage only reads it.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from companion_engine import hookimpl
-from companion_engine.errors import ApiError
-from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, read_body
 from companion_engine.prompting import expand
-from companion_engine.routes.conversations import _conversation_id
 from companion_engine.stages import PromptBuilder, StageOptions
 from companion_engine.turn import Message, Role, Turn
 
@@ -36,7 +30,7 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 
 
 class NoteSettings(StageOptions):
-    """The Author's Note; also the body of ``PUT /api/conversations/{id}/authors_note``."""
+    """The Author's Note (a conversation's override has the same fields)."""
 
     text: str = Field(default="", max_length=20_000)
     #: Insert on every N-th user message (1: every turn; 0: never).
@@ -128,46 +122,3 @@ def _around_main(turn: Turn, message: Message, position: str) -> None:
 @hookimpl
 def register_prompt_builders() -> list[type[PromptBuilder]]:
     return [AuthorsNote]
-
-
-# --- the per-conversation override ------------------------------------------------------------
-
-routes = ApiRoutes()
-
-
-class AuthorsNoteReply(BaseModel):
-    success: bool
-    authors_note: dict[str, Any] | None
-
-
-async def _existing(request: web.Request) -> str:
-    conversation_id = _conversation_id(request)
-    if await request.app[ENGINE].store.get_conversation(conversation_id) is None:
-        raise ApiError(404, f"conversation not found: {conversation_id}")
-    return conversation_id
-
-
-@routes.put("/api/conversations/{id}/authors_note", body=NoteSettings,
-            response=AuthorsNoteReply, tags=["conversations"],
-            summary="Set this conversation's Author's Note (text, depth, frequency, role, "
-                    "position); fields left out keep the profile's", errors=(400, 404, 413, 422))
-async def put_authors_note(request: web.Request) -> web.Response:
-    conversation_id = await _existing(request)
-    note = await read_body(request, NoteSettings)
-    value = note.model_dump(exclude_unset=True)
-    await request.app[ENGINE].store.update_state(conversation_id, {STATE_KEY: value})
-    return json_response({"success": True, "authors_note": value})
-
-
-@routes.delete("/api/conversations/{id}/authors_note", response=AuthorsNoteReply,
-               tags=["conversations"], errors=(400, 404),
-               summary="Remove this conversation's Author's Note (the profile's applies)")
-async def delete_authors_note(request: web.Request) -> web.Response:
-    conversation_id = await _existing(request)
-    await request.app[ENGINE].store.update_state(conversation_id, {STATE_KEY: None})
-    return json_response({"success": True, "authors_note": None})
-
-
-@hookimpl
-def register_routes(engine: Any) -> list[web.AbstractRouteDef]:
-    return list(routes)
