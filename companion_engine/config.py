@@ -227,6 +227,7 @@ DEFAULT_PROMPT: list[StageSpec] = [
     {"lorebook": {}},
     "character_definition",
     "example_dialogue",
+    "authors_note",
     {"history": {}},
     "post_history_instructions",
 ]

@@ -60,6 +60,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.builtin.prompt_builders",
     "companion_engine.builtin.lorebook",
     "companion_engine.builtin.memory",
+    "companion_engine.builtin.authors_note",
     "companion_engine.builtin.sanitizers",
     "companion_engine.builtin.splitters",
     "companion_engine.builtin.cleaners",

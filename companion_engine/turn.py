@@ -71,6 +71,8 @@ class HistoryInfo:
     #: The conversation as placed: the kept messages and the user's, the same objects
     #: as in ``turn.messages`` (stages after ``history`` find the chat by identity).
     chat: list[Message] = field(default_factory=list)
+    #: Example dialogue messages left out so the history had room.
+    examples_dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -87,6 +89,9 @@ class LorebookInfo:
     passes: int = 0
     tokenizer: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: The conversation's timed effects after this turn (sticky / cooldown), when they
+    #: changed; stored once the turn completes (``lorebook_timed`` in its state).
+    timed_state: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -204,6 +209,9 @@ class Turn:
     #: The main system prompt message, once ``system_prompt`` placed it (an anchor for
     #: what goes before or after it: memory, the Author's Note).
     main_prompt: Message | None = None
+    #: Example dialogue blocks placed in ``messages`` that may give up their room to the
+    #: history (the same objects), in prompt order.
+    examples: list[list[Message]] = field(default_factory=list)
     #: The voice the client asked for (None: the backend's configured voice).
     voice: str | None = None
     #: Audio format the client asked for (``wav``, ``pcm16``, ``opus``, ``mp3``; None:

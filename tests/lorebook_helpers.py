@@ -56,8 +56,9 @@ def run(entries: list[dict[str, Any]] | CompiledLore, chat: list[str], *,
     """Scan ``chat`` (scan lines, newest LAST as in a chat log) with ``entries``."""
     lore = entries if isinstance(entries, CompiledLore) else compile_entries(
         entries, **(compile_opts or {}))
+    timed = opts.pop("timed", None)
     return scan(lore, list(reversed(chat)), ScanOptions(**opts), count=estimate_tokens,
-                char="Seraphina", user="User", rng=random.Random(seed))
+                char="Seraphina", user="User", rng=random.Random(seed), timed=timed)
 
 
 def fired(result: ScanResult) -> list[Any]:

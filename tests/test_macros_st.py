@@ -181,3 +181,27 @@ def test_macro_context_of_a_turn() -> None:
                  history=list(turn.history))
     assert macro_context(again).rng.random() == random.Random(
         "5\x00c1\x003").random()
+
+
+async def test_pick_is_stable_per_conversation_and_kept_by_a_branch(
+    make_client: Any, llm_server: Any, tmp_path: Path,
+) -> None:
+    from companion_engine.keys import ENGINE
+    from tests.chat_helpers import llm_profile
+
+    text = "Mood: {{pick::" + "::".join(f"m{i}" for i in range(40)) + "}}"
+    client = await make_client(profile={**llm_profile(llm_server), "prompt": [
+        {"system_prompt": {"text": text}}, "history"]}, root=tmp_path)
+
+    async def mood(conversation_id: str) -> str:
+        async with client.post("/api/prompt/preview", json={
+                "message": "hi", "conversation_id": conversation_id}) as resp:
+            return str((await resp.json())["messages"][0]["content"])
+
+    async with client.post("/api/chat", json={"message": "hi", "conversation_id": "c"}) as r:
+        assert r.status == 200
+    first = await mood("c")
+    assert first == await mood("c") == evaluate(text, ctx(chat_id_hash=chat_hash("c")))
+    await client.app[ENGINE].store.branch("c", 1, new_id="b")
+    assert await mood("b") == first  # SillyTavern: a branch keeps its main chat's picks
+    assert {await mood(f"other{i}") for i in range(5)} != {first}

@@ -214,7 +214,8 @@ async def test_summary_is_written_after_the_turn_and_placed_next_time(
     make_client: MakeClient, make_config: MakeConfig, llm_server: LLMTestServer, tmp_path: Path,
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
-    profile = memory_profile(llm_server, {"recall": False, "summary": {"batch": 1}},
+    profile = memory_profile(llm_server, {"recall": False,
+                                          "summary": {"batch": 1, "delay_s": 0}},
                              history_tokens=45)
     client = await make_client(profile=profile, root=tmp_path)
     says = ["I adopted a grey cat named Pixel today.", "Pixel knocked over my coffee.",
@@ -256,7 +257,7 @@ async def test_summary_never_delays_done(
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
     client = await make_client(profile=memory_profile(
-        llm_server, {"recall": False, "summary": {"batch": 1}}, history_tokens=30),
+        llm_server, {"recall": False, "summary": {"batch": 1, "delay_s": 0}}, history_tokens=30),
         root=tmp_path)
     for text in ("First long message about the harbour.", "Second long message about boats."):
         await chat(client, {"message": text, "conversation_id": "c"})
@@ -309,3 +310,71 @@ def test_memory_options_are_validated() -> None:
     ok = Profile.model_validate({"prompt": [{"memory": {"summary": False, "recall": True}}]})
     stage = build_pipeline(ok, plugin_host()).prompt[0]
     assert stage.options.summary.enabled is False  # type: ignore[attr-defined]
+
+
+# --- semantic recall: embeddings through LiteLLM, vectors in sqlite-vec -----------------------
+
+
+async def _embedded(client: TestClient) -> None:
+    for vectors in client.app[ENGINE].stash.get("memory.vectors", ()):
+        await vectors.fill()
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+async def test_semantic_recall_with_embeddings(
+    make_client: MakeClient, llm_server: LLMTestServer, tmp_path: Path, mode: str,
+) -> None:
+    pytest.importorskip("sqlite_vec")
+    pytest.importorskip("pysqlite3")
+    write_card(tmp_path, "nova", "Nova", first_mes="")
+    memory = {"summary": False, "recall": {
+        "mode": mode, "embedding_model": "openai/test-embedding",
+        "embedding_api_base": llm_server.openai_base, "embedding_api_key": "sk-test"}}
+    client = await make_client(profile=memory_profile(llm_server, memory), root=tmp_path)
+    await chat(client, {"message": "My sister Clara lives in Lisbon by the sea.",
+                        "conversation_id": "old"})
+    await chat(client, {"message": "The weather was grey all week.", "conversation_id": "old"})
+    await _embedded(client)
+    assert "My sister Clara lives in Lisbon by the sea." in llm_server.embedded
+    assert (tmp_path / "data" / "companion.vectors.db").exists()
+
+    data = await preview(client, {"message": "clara lisbon sea", "conversation_id": "new"})
+    recalled = data["memory"]["recalled"]
+    assert recalled and recalled[0]["content"] == "My sister Clara lives in Lisbon by the sea."
+    sources = {r["source"] for r in recalled}
+    assert sources == ({"semantic"} if mode == "semantic" else sources & {"semantic", "fts"})
+    assert llm_server.embedded[-1].startswith("clara lisbon sea")  # the query, on the turn
+
+    # A deleted conversation is never recalled, even though its vectors remain.
+    await client.app[ENGINE].store.delete_conversation("old")
+    data = await preview(client, {"message": "clara lisbon sea", "conversation_id": "new"})
+    assert data["memory"]["recalled"] == []
+
+
+def test_semantic_mode_needs_an_embedding_model() -> None:
+    from companion_engine.config import Profile
+    from companion_engine.errors import ConfigError
+    from companion_engine.pipeline import build_pipeline
+    from tests.speech_helpers import plugin_host
+
+    profile = Profile.model_validate({"prompt": [{"memory": {"recall": {"mode": "semantic"}}}]})
+    with pytest.raises(ConfigError, match="needs embedding_model"):
+        build_pipeline(profile, plugin_host())
+
+
+async def test_summary_waits_for_a_quiet_moment_and_rapid_turns_cost_one(
+    make_client: MakeClient, llm_server: LLMTestServer, tmp_path: Path,
+) -> None:
+    write_card(tmp_path, "nova", "Nova", first_mes="")
+    client = await make_client(profile=memory_profile(
+        llm_server, {"recall": False, "summary": {"batch": 1, "delay_s": 2}},
+        history_tokens=30), root=tmp_path)
+    for i in range(5):
+        await chat(client, {"message": f"Rapid message number {i} about the harbour.",
+                            "conversation_id": "c"})
+    await summarizer_of(client).idle()
+    summaries = [r for r in llm_server.requests
+                 if r.body["messages"][0]["content"].startswith("You keep the memory")]
+    assert len(summaries) == 1  # the waiting jobs were replaced by the newest one
+    async with client.get("/api/conversations/c") as resp:
+        assert (await resp.json())["data"]["summary"]["covers"] >= 3

@@ -32,6 +32,8 @@ from companion_engine.lorebook import (
     place,
     scan,
 )
+from companion_engine.lorebook.timed import STATE_KEY as TIMED_STATE
+from companion_engine.lorebook.timed import TimedEffects
 from companion_engine.prompting import expand
 from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
@@ -140,11 +142,15 @@ class LorebookStage(LorebookInjector):
         lore = await self.compiled(turn)
         counter = await get_counter(turn.model or turn.profile.llm.model)
         opts = self.scan_options(lore)
-        chat = chat_for_scan(scan_messages(turn, self.opts.include_names))
+        messages = scan_messages(turn, self.opts.include_names)
+        chat = chat_for_scan(messages)
         rng = random.Random(self.opts.seed) if self.opts.seed is not None else None
+        timed = None
+        if lore.timed:  # the chat's length counts: every message, the new one included
+            timed = TimedEffects(len(messages), lore.entries, await _timed_state(turn)).check()
         run = functools.partial(scan, lore, chat, opts, count=counter.count,
                                 char=turn.char_name, user=turn.user_name, rng=rng,
-                                expand=functools.partial(expand, turn))
+                                expand=functools.partial(expand, turn), timed=timed)
         # Big books scan off the event loop: their regex keys may take a while.
         result = await asyncio.to_thread(run) if len(lore.entries) > THREAD_COMPILE_ENTRIES \
             else run()
@@ -172,7 +178,26 @@ class LorebookStage(LorebookInjector):
         info.overflowed = info.overflowed or result.overflowed
         info.passes = max(info.passes, result.passes)
         info.warnings.extend(lore.warnings)
+        if timed is not None:
+            timed.record(a.entry for a in result.activated)
+            if timed.changed:
+                info.timed_state = timed.state
         turn.lorebook_info = info
+
+
+async def _timed_state(turn: Turn) -> Any:
+    if turn.engine is None or not turn.conversation_id:
+        return None
+    return (await turn.engine.store.get_state(turn.conversation_id)).get(TIMED_STATE)
+
+
+@hookimpl
+async def turn_completed(engine: Any, turn: Turn) -> None:
+    """Keep the timed effects the turn started (a preview never gets here: it stores nothing)."""
+    info = turn.lorebook_info
+    if info is None or info.timed_state is None or not turn.conversation_id:
+        return
+    await engine.store.update_state(turn.conversation_id, {TIMED_STATE: info.timed_state})
 
 
 def scan_messages(turn: Turn, include_names: bool = True) -> list[tuple[str, str]]:

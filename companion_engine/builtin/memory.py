@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from loguru import logger
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from companion_engine import hookimpl
-from companion_engine.memory import MessageIndex, open_index, query_terms
+from companion_engine.memory import MessageIndex, RecallHit, open_index, query_terms
 from companion_engine.memory.summary import DEFAULT_PROMPT, STATE_KEY, SummaryJob, covered
 from companion_engine.memory.summary import summarizer as engine_summarizer
+from companion_engine.memory.vectors import SemanticUnavailable, VectorIndex
 from companion_engine.prompting import expand
 from companion_engine.stages import PromptBuilder, StageOptions
 from companion_engine.tokens import get_counter
@@ -55,6 +56,9 @@ class SummaryOptions(Placement):
     temperature: float = Field(default=0.3, ge=0, le=2)
     #: Update once this many messages out of the history are not summarised yet.
     batch: int = Field(default=2, ge=1, le=1000)
+    #: ...and the conversation has been quiet this long (seconds): a turn that comes
+    #: sooner replaces the pending update, so rapid messages cost one summary.
+    delay_s: float = Field(default=3.0, ge=0, le=3600)
     #: How the summary is put in the prompt.
     template: str = "[Summary of the conversation so far: {{summary}}]"
 
@@ -72,6 +76,20 @@ class RecallOptions(Placement):
     template: str = "[{{char}} remembers from earlier conversations:\n{{memories}}]"
     #: One recalled message; ``{{name}}``, ``{{text}}``, ``{{when}}`` (its date).
     line: str = "{{name}}: {{text}}"
+    #: ``fts``: full-text (BM25); ``semantic``: embeddings (``embedding_model``);
+    #: ``hybrid``: both, merged by reciprocal rank.
+    mode: Literal["fts", "semantic", "hybrid"] = "fts"
+    #: A LiteLLM embedding model (``openai/text-embedding-3-small``,
+    #: ``ollama/nomic-embed-text``, ...), for ``semantic`` and ``hybrid``.
+    embedding_model: str | None = None
+    embedding_api_base: str | None = None
+    embedding_api_key: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> RecallOptions:
+        if self.mode != "fts" and not self.embedding_model:
+            raise ValueError(f"recall mode {self.mode!r} needs embedding_model")
+        return self
 
 
 def _enabled_shorthand(value: Any) -> Any:
@@ -94,7 +112,10 @@ class MemoryStage(PromptBuilder):
     def __init__(self, options: StageOptions | None = None) -> None:
         super().__init__(options)
         self.index: MessageIndex | None = None
+        self.vectors: VectorIndex | None = None
+        self.vector_note = ""
         self.store_kind = ""
+        self._engine: Any = None
 
     @property
     def opts(self) -> MemoryStage.Options:
@@ -111,6 +132,38 @@ class MemoryStage(PromptBuilder):
                                "works); use the SQLite store for recall", self.store_kind)
             else:
                 await self.index.ensure()
+                await self.index.open()
+        r = self.opts.recall
+        if r.enabled and r.mode != "fts":
+            await self._open_vectors(engine)
+
+    async def _open_vectors(self, engine: Any) -> None:
+        r = self.opts.recall
+        assert r.embedding_model is not None
+        if self.index is None:
+            self.vector_note = f"recall: the {self.store_kind} keeps no vectors"
+            return
+        vectors = VectorIndex(self.index.store, r.embedding_model, r.embedding_api_base,
+                              r.embedding_api_key)
+        try:
+            await vectors.open()
+        except SemanticUnavailable as exc:
+            self.vector_note = f"recall: semantic recall is off: {exc}"
+            logger.warning("memory: {}", self.vector_note)
+            return
+        self.vectors = vectors
+        self._engine = engine
+        engine.stash.setdefault("memory.vectors", set()).add(vectors)
+        vectors.fill_later()
+
+    async def aclose(self) -> None:
+        if self.index is not None:
+            await self.index.aclose()
+        if self.vectors is not None:
+            if self._engine is not None:
+                self._engine.stash.get("memory.vectors", set()).discard(self.vectors)
+            await self.vectors.aclose()
+            self.vectors = None
 
     async def build(self, turn: Turn) -> None:
         info = turn.memory_info = MemoryInfo()
@@ -171,9 +224,7 @@ class MemoryStage(PromptBuilder):
             info.notes.append("recall: the message has no words to search for")
             return None
         character_id = turn.character.id if turn.character is not None else None
-        hits = await self.index.search(info.query, scope=o.scope, character_id=character_id,
-                                       conversation_id=turn.conversation_id,
-                                       limit=o.limit * 4)
+        hits = await self._search(turn, info, " ".join(reversed(recent)), character_id)
         info.found = len(hits)
         in_prompt = {_norm(m["content"]) for m in chat}
         if turn.greeting:
@@ -208,6 +259,34 @@ class MemoryStage(PromptBuilder):
                          for h, _, cost in chosen]
         return expand(turn, o.template.replace("{{memories}}",
                                                "\n".join(line for _, line, _ in chosen)))
+
+    async def _search(self, turn: Turn, info: MemoryInfo, text: str,
+                      character_id: str | None) -> list[RecallHit]:
+        o = self.opts.recall
+        assert self.index is not None
+        where = {"scope": o.scope, "character_id": character_id,
+                 "conversation_id": turn.conversation_id, "limit": o.limit * 4}
+        fts = await self.index.search(info.query, **where) if o.mode != "semantic" else []
+        if o.mode == "fts":
+            return fts
+        if self.vectors is None:
+            info.notes.append(self.vector_note or "recall: semantic recall is not ready")
+            return fts
+        try:
+            semantic = await self.vectors.search(text, **where)
+        except Exception as exc:  # an embedding server that is down never fails the turn
+            info.notes.append(f"recall: embedding the message failed: {exc}")
+            return fts
+        if o.mode == "semantic":
+            return semantic
+        # hybrid: reciprocal rank fusion of the two rankings
+        score: dict[int, float] = {}
+        first: dict[int, RecallHit] = {}
+        for ranking in (fts, semantic):
+            for rank, hit in enumerate(ranking):
+                score[hit.rowid] = score.get(hit.rowid, 0.0) + 1.0 / (60 + rank)
+                first.setdefault(hit.rowid, hit)
+        return [first[r] for r in sorted(score, key=lambda r: -score[r])]
 
     def _line(self, turn: Turn, hit: Any) -> str:
         import datetime as dt
@@ -260,7 +339,10 @@ def memory_options(turn: Turn) -> MemoryStage.Options | None:
 
 @hookimpl
 def turn_completed(engine: Any, turn: Turn) -> None:
-    """Queue a summary update when the turn's history left messages unsummarised."""
+    """Embed the turn's messages (semantic recall) and queue a summary update when the
+    turn's history left messages unsummarised; both in the background."""
+    for vectors in engine.stash.get("memory.vectors", ()):
+        vectors.fill_later()
     info = turn.memory_info
     if info is None or not turn.conversation_id or info.summary_pending <= 0:
         return
@@ -282,7 +364,7 @@ def turn_completed(engine: Any, turn: Turn) -> None:
         conversation_id=turn.conversation_id, target=target, profile=profile,
         model=o.model or turn.model or profile.llm.model, prompt=o.prompt,
         max_words=o.max_words, temperature=o.temperature, char=turn.char_name,
-        user=turn.user_name))
+        user=turn.user_name, delay_s=o.delay_s))
 
 
 @hookimpl

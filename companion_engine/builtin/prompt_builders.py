@@ -10,6 +10,7 @@ the card's greeting. Each appends ``{role, content}`` messages to
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -82,12 +83,25 @@ class CharacterDefinition(PromptBuilder):
         _system(turn, "\n".join(turn.slots.get("after_char", [])))
 
 
+def _blocks(text: str) -> list[str]:
+    """``<START>``-separated blocks of an example text (case-insensitive), trimmed."""
+    return [b.strip() for b in _START.split(text) if b.strip()]
+
+
 def example_blocks(turn: Turn) -> list[str]:
-    """The card's ``mes_example`` split on ``<START>``, with lore example blocks around it."""
-    blocks = [b.strip() for b in _START.split(expand(turn, turn.character.mes_example))] \
+    """The card's ``mes_example`` split on ``<START>``, with the lorebook's example entries.
+
+    As SillyTavern builds them: each ``before_examples`` entry goes in front of what is
+    there (so they end up in descending ``order``), each ``after_examples`` entry at the
+    end; an entry holding several ``<START>`` blocks gives several blocks.
+    """
+    blocks = _blocks(expand(turn, turn.character.mes_example)) \
         if turn.character is not None else []
-    return [b for b in (*turn.slots.get("before_examples", []), *blocks,
-                        *turn.slots.get("after_examples", [])) if b.strip()]
+    for entry in turn.slots.get("before_examples", []):
+        blocks[:0] = _blocks(entry)
+    for entry in turn.slots.get("after_examples", []):
+        blocks.extend(_blocks(entry))
+    return blocks
 
 
 def _example_turns(turn: Turn, block: str) -> list[Message]:
@@ -119,16 +133,25 @@ class ExampleDialogue(PromptBuilder):
         #: message, then the block's lines as user/assistant messages.
         format: Literal["text", "turns"] = "text"
         header: str = "[Example Chat]"
+        #: Always include the examples (SillyTavern's "pin examples"); otherwise, when
+        #: the history needs room, the examples give it up first.
+        keep: bool = False
 
     async def build(self, turn: Turn) -> None:
         o = self.options
         assert isinstance(o, ExampleDialogue.Options)
         for block in example_blocks(turn):
+            placed: list[Message] = []
             if o.format == "text":
-                _system(turn, f"{o.header}\n{block}" if o.header else block)
+                message = _system(turn, f"{o.header}\n{block}" if o.header else block)
+                placed = [message] if message is not None else []
             else:
-                _system(turn, o.header)
-                turn.messages.extend(_example_turns(turn, block))
+                header = _system(turn, o.header)
+                lines = _example_turns(turn, block)
+                turn.messages.extend(lines)
+                placed = [*([header] if header is not None else []), *lines]
+            if placed and not o.keep:
+                turn.examples.append(placed)
 
 
 class FirstMessage(PromptBuilder):
@@ -197,8 +220,39 @@ class History(PromptBuilder):
         kept.reverse()
         chat = [*kept, user]
         turn.messages.extend(with_injections(chat, turn.depth_injections))
+        examples_dropped = fit_examples(turn, o.max_tokens - used, counter.count_message)
         turn.history_info = HistoryInfo(kept=len(kept), dropped=len(earlier) - len(kept),
-                                        tokens=used, max_tokens=o.max_tokens, chat=chat)
+                                        tokens=used, max_tokens=o.max_tokens, chat=chat,
+                                        examples_dropped=examples_dropped)
+
+
+def fit_examples(turn: Turn, room: int, cost: Callable[[str], int]) -> int:
+    """Keep the example dialogue within what the history left of its budget; return how
+    many example messages were dropped.
+
+    SillyTavern's order: the chat is filled first, then the examples, block by block,
+    each message while it still fits (a block stops at its first one that does not; a
+    block left with only its header is dropped whole).
+    """
+    if not turn.examples:
+        return 0
+    drop: set[int] = set()
+    for block in turn.examples:
+        added = 0
+        for i, message in enumerate(block):
+            c = cost(message["content"])
+            if c > room:
+                drop.update(id(m) for m in block[i:])
+                break
+            room -= c
+            added += 1
+        header_only = len(block) > 1 and added == 1 and block[0]["role"] == "system"
+        if header_only:
+            drop.add(id(block[0]))
+            room += cost(block[0]["content"])
+    if drop:
+        turn.messages[:] = [m for m in turn.messages if id(m) not in drop]
+    return len(drop)
 
 
 def with_injections(chat: list[Message], injections: list[tuple[int, Role, str]]) -> list[Message]:

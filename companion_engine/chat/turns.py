@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from companion_engine.cards.macros import substitute
+from companion_engine.cards.macros import chat_hash, substitute
 from companion_engine.chat.kinds import Continue, NewMessage, Regenerate, Reply, TurnKind
 from companion_engine.chat.speakers import next_speaker, speakers
 from companion_engine.errors import ApiError
@@ -162,9 +162,12 @@ async def _turn(engine: Engine, pipeline: Pipeline, *, user_message: str,
         audio_format=options.audio_format,
         chunked_audio=options.chunked_audio,
     )
-    if conversation is not None:  # for {{idle_duration}}
+    if conversation is not None:  # for {{idle_duration}}, and {{pick}} in a branch
         turn.last_user_at = next((m.created_at for m in reversed(conversation.messages)
                                   if m.role == "user"), None)
+        origin = (conversation.branched_from or {}).get("conversation_id")
+        if isinstance(origin, str):
+            turn.chat_id_hash = chat_hash(origin)
     return turn
 
 

@@ -63,6 +63,8 @@ class CompiledLore:
     settings: CompileSettings
     #: Distinct ``delay_until_recursion`` levels, ascending.
     delay_levels: list[int] = field(default_factory=list)
+    #: Ranks of entries with a timed effect (``sticky``, ``cooldown``, ``delay``).
+    timed: list[int] = field(default_factory=list)
     books: list[Lorebook] = field(default_factory=list)
     warnings: Warnings = field(default_factory=Warnings)
 
@@ -198,4 +200,6 @@ def compile_lore(sources: list[Source], settings: CompileSettings) -> CompiledLo
                         is_primary=compiler.is_primary, settings=settings,
                         delay_levels=sorted({e.delay_until_recursion for e in entries
                                              if e.delay_until_recursion}),
+                        timed=[r for r, e in enumerate(entries)
+                               if e.sticky or e.cooldown or e.delay],
                         books=[s.book for s in sources], warnings=warnings)

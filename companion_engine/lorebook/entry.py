@@ -9,6 +9,8 @@ a wrong type or a missing field becomes a warning and a default, never an error.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,13 @@ class Entry:
     use_regex: bool = False
     priority: int | None = None
     decorators: Decorators = field(default_factory=Decorators)
+    #: Timed effects, in messages (0: off): stays active / cannot reactivate / cannot
+    #: activate before the chat is this long.
+    sticky: int = 0
+    cooldown: int = 0
+    delay: int = 0
+    #: Fingerprint of the entry as written: a timed effect belongs to this version of it.
+    hash: str = ""
 
     @property
     def label(self) -> str:
@@ -266,11 +275,24 @@ def make_entry(raw: Mapping[str, Any], index: int, source: str, warnings: Warnin
         use_regex=_as_bool(raw.get("use_regex"), False),
         priority=_as_int(raw.get("priority"), None, where, "priority", warnings),
         decorators=decorators,
+        sticky=max(0, _as_int(opt("sticky", "sticky"), 0, where, "sticky", warnings) or 0),
+        cooldown=max(0, _as_int(opt("cooldown", "cooldown"), 0, where, "cooldown",
+                                warnings) or 0),
+        delay=max(0, _as_int(opt("delay", "delay"), 0, where, "delay", warnings) or 0),
+        hash=_fingerprint(raw),
     )
     if spec:
         _apply_v3_decorators(entry, where, warnings)
     _check(entry, where, warnings)
     return entry
+
+
+def _fingerprint(raw: Mapping[str, Any]) -> str:
+    try:
+        text = json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(raw)
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _apply_v3_decorators(entry: Entry, where: str, warnings: Warnings) -> None:

@@ -22,6 +22,7 @@ from companion_engine.cards.macros import substitute
 from companion_engine.lorebook.compile import CompiledLore
 from companion_engine.lorebook.entry import Entry
 from companion_engine.lorebook.index import Found
+from companion_engine.lorebook.timed import TimedEffects
 
 MATCHER = "\x01"
 JOINER = "\n" + MATCHER
@@ -184,8 +185,10 @@ class _Scanner:
                 return False
         return not any(k in hits for k in lore.exclude[rank])
 
-    def group_filter(self, new: list[tuple[int, str]], won: set[str]) -> list[tuple[int, str]]:
-        """Inclusion groups: one winner per group (override first, else weighted random)."""
+    def group_filter(self, new: list[tuple[int, str]], won: set[str],
+                     sticky: set[int] = frozenset()) -> list[tuple[int, str]]:  # type: ignore[assignment]
+        """Inclusion groups: one winner per group (override first, else weighted random);
+        a group with active sticky entries keeps those and only those."""
         entries = self.lore.entries
         grouped: dict[str, list[int]] = {}
         for rank, _ in new:
@@ -195,6 +198,10 @@ class _Scanner:
             return new
         removed: set[int] = set()
         for name, ranks in grouped.items():
+            stuck = [r for r in ranks if r in sticky]
+            if stuck:
+                removed.update(r for r in ranks if r not in sticky)
+                continue
             if name in won:
                 removed.update(ranks)
                 continue
@@ -219,11 +226,14 @@ class _Scanner:
 def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
          count: Callable[[str], int], char: str = "", user: str = "",
          rng: random.Random | None = None,
-         expand: Callable[[str], str] | None = None) -> ScanResult:
+         expand: Callable[[str], str] | None = None,
+         timed: TimedEffects | None = None) -> ScanResult:
     """Run the World Info passes over ``chat`` (scan lines, newest first).
 
     ``expand`` expands the macros of an activated entry's content (default: only
     ``{{char}}``/``{{user}}``), as SillyTavern does before counting its tokens.
+    ``timed`` (already ``check()``-ed) applies ``sticky``/``cooldown``/``delay``; the
+    caller records the activations in it.
     """
     s = _Scanner(lore, chat, opts, count, rng or random.Random(), char, user)
     if expand is None:
@@ -239,6 +249,9 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
     prev_tokens = 0  # SillyTavern counts earlier recursion text against the budget
     skew = 0
     state = ScanState.INITIAL
+    sticky: set[int] = set()
+    if timed is not None:
+        sticky = {r for r in lore.timed if timed.active("sticky", entries[r])}
     while state is not ScanState.NONE:
         result.passes += 1
         if opts.max_recursion_steps and result.passes > opts.max_recursion_steps:
@@ -247,14 +260,19 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
             break
         hits, ranks = s.keys_found(state, skew)
         new: list[tuple[int, str]] = []
-        for rank in sorted(ranks.union(lore.always)):
+        for rank in sorted(ranks.union(lore.always, sticky)):
             if rank in activated or rank in failed:
                 continue
             entry = entries[rank]
-            if entry.delay_until_recursion and (state is not ScanState.RECURSION
-                                                or entry.delay_until_recursion > level):
+            is_sticky = rank in sticky
+            if timed is not None and (timed.active("delay", entry) or (
+                    timed.active("cooldown", entry) and not is_sticky)):
                 continue
-            if state is ScanState.RECURSION and opts.recursive and entry.exclude_recursion:
+            if entry.delay_until_recursion and not is_sticky and (
+                    state is not ScanState.RECURSION or entry.delay_until_recursion > level):
+                continue
+            if (state is ScanState.RECURSION and opts.recursive and entry.exclude_recursion
+                    and not is_sticky):
                 continue
             if entry.decorators.has("activate"):
                 new.append((rank, "@@activate"))
@@ -262,16 +280,21 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
             if entry.constant:
                 new.append((rank, "constant"))
                 continue
+            if is_sticky:
+                new.append((rank, "sticky"))
+                continue
             key = s.first_key(lore.primary[rank], hits)
             if key is None or not s.secondary_ok(rank, hits):
                 continue
             new.append((rank, key))
-        new = s.group_filter(new, won_groups)
+        if sticky:  # active sticky entries first, then scan order
+            new.sort(key=lambda item: item[0] not in sticky)
+        new = s.group_filter(new, won_groups, sticky)
         recursable: list[str] = []
         running = 0
         for i, (rank, matched) in enumerate(new):
             entry = entries[rank]
-            if entry.use_probability and entry.probability != 100:
+            if entry.use_probability and entry.probability != 100 and rank not in sticky:
                 if s.rng.random() * 100 > entry.probability:
                     failed.add(rank)
                     continue

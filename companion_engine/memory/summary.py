@@ -80,6 +80,8 @@ class SummaryJob:
     temperature: float
     char: str
     user: str
+    #: Seconds the conversation must stay quiet first (a newer turn's job replaces this one).
+    delay_s: float = 0.0
 
 
 class Summarizer:
@@ -89,10 +91,19 @@ class Summarizer:
         self.engine = engine
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Jobs still waiting out their ``delay_s``, by conversation.
+        self._waiting: dict[str, asyncio.Task[None]] = {}
 
     def schedule(self, job: SummaryJob) -> asyncio.Task[None]:
+        """Run ``job`` once its conversation has been quiet ``delay_s``; a job of the same
+        conversation still waiting is replaced (the newer one covers as much or more)."""
+        waiting = self._waiting.pop(job.conversation_id, None)
+        if waiting is not None:
+            waiting.cancel()
         task = asyncio.get_running_loop().create_task(self._run(job),
                                                       name=f"summary:{job.conversation_id}")
+        if job.delay_s > 0:
+            self._waiting[job.conversation_id] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -119,6 +130,12 @@ class Summarizer:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self, job: SummaryJob) -> None:
+        if job.delay_s > 0:
+            try:
+                await asyncio.sleep(job.delay_s)
+            finally:
+                if self._waiting.get(job.conversation_id) is asyncio.current_task():
+                    del self._waiting[job.conversation_id]
         lock = self._locks.setdefault(job.conversation_id, asyncio.Lock())
         try:
             async with lock:

@@ -97,6 +97,9 @@ class LLMTestServer:
         self.default = Script()
         self.requests: list[RecordedRequest] = []
         self.models = ["test-model", "other-model"]
+        #: Size of the ``/v1/embeddings`` vectors, and every text embedded so far.
+        self.dimensions = 64
+        self.embedded: list[str] = []
         #: Status for ``/v1/models`` and ``/api/tags`` (set 500 to simulate a sick provider).
         self.listing_status = 200
         self.runner: web.AppRunner | None = None
@@ -133,6 +136,7 @@ class LLMTestServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", server._openai_chat)
         app.router.add_get("/v1/models", server._openai_models)
+        app.router.add_post("/v1/embeddings", server._openai_embeddings)
         app.router.add_post("/api/chat", server._ollama_chat)
         app.router.add_get("/api/tags", server._ollama_tags)
         # handler_cancellation: a client that goes away cancels the handler at once,
@@ -259,6 +263,27 @@ class LLMTestServer:
             {"name": f"{m}:latest", "model": f"{m}:latest", "size": 1000 + i,
              "modified_at": "2025-01-01T00:00:00Z"} for i, m in enumerate(self.models)]})
 
+    async def _openai_embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's ``/v1/embeddings``: a deterministic bag-of-words vector per input, so
+        texts sharing words are close (cosine) and tests can predict what is recalled."""
+        rec, _script = await self._record(request)
+        rec.mark_closed()
+        rec.completed = True
+        inputs = rec.body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            return web.json_response({"error": {"message": "input must be a string or a list "
+                                                           "of strings", "type": "invalid"}},
+                                     status=400)
+        self.embedded.extend(inputs)
+        data = [{"object": "embedding", "index": i, "embedding": embed(text, self.dimensions)}
+                for i, text in enumerate(inputs)]
+        tokens = sum(len(t.split()) for t in inputs)
+        return web.json_response({"object": "list", "data": data,
+                                  "model": rec.body.get("model", "test-embedding"),
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
 
 # --- wire encoding ----------------------------------------------------------------------------
 
@@ -304,3 +329,19 @@ def _ollama_chunk(model: str, text: str, done: bool, body: dict[str, Any],
             chunk["prompt_eval_count"] = _prompt_tokens(body)
             chunk["eval_count"] = len(script.tokens)
     return chunk
+
+
+def embed(text: str, dimensions: int = 64) -> list[float]:
+    """A unit vector of the text's words hashed into ``dimensions`` buckets (stable)."""
+    import hashlib
+    import math
+    import re
+
+    vector = [0.0] * dimensions
+    for word in re.findall(r"[^\W_]+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+        vector[int.from_bytes(digest, "little") % dimensions] += 1.0
+    if not any(vector):
+        vector[0] = 1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
