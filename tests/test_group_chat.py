@@ -3,6 +3,7 @@ its own card, name and voice, over real HTTP to the scripted LLM server."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from companion_engine.cards.model import Character
+from companion_engine.chat.kinds import strip_prefix
 from companion_engine.chat.speakers import natural_order, next_speaker, talkativeness, words
 from companion_engine.config import GROUP_NUDGE
 from companion_engine.testing import LLMTestServer, Script
@@ -207,3 +211,42 @@ async def test_each_speaker_speaks_with_the_voice_of_its_card(
                                         "enable_tts": True})
     audio = [(d["sentence"], d["voice"]) for n, d in events if n == "audio_ready"]
     assert audio == [("Fresh bread.", "en-gb"), ("Hot iron.", "en-us")]
+
+
+# --- the reply's text: a speaker's own name dropped, in any chunking ----------------------
+
+
+def chunked(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
+    return [text[a:b] for a, b in itertools.pairwise(points)]
+
+
+async def collect(source: Any) -> str:
+    return "".join([piece async for piece in source])
+
+
+async def agen(pieces: list[str]) -> Any:
+    for p in pieces:
+        yield p
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["", " ", "Bob:", "Bob: ", "  Bob:  ", "Bo", "Bob", "Bobby: ", "bob: "]),
+       st.text(alphabet="ab :\n,.", max_size=12), st.lists(st.integers(0, 40), max_size=6))
+async def test_strip_prefix_in_any_chunking(lead: str, rest: str, cuts: list[int]) -> None:
+    text = lead + rest
+    got = await collect(strip_prefix(agen(chunked(text, cuts)), "Bob:"))
+    stripped = text.lstrip()
+    expected = stripped[4:].lstrip() if stripped.startswith("Bob:") else text
+    assert got == expected
+
+
+async def test_preview_shows_a_group_speakers_prompt(client: TestClient) -> None:
+    await group(client, "pv", "list", ("bob", "ann"))
+    async with client.post("/api/prompt/preview",
+                           json={"message": "Hi", "conversation_id": "pv"}) as resp:
+        data = await resp.json()
+        assert resp.status == 200, data
+    assert data["character"] == "bob"
+    assert [m["content"] for m in data["messages"]][-2:] == [
+        "Hi", "[Write the next reply only as Bob.]"]

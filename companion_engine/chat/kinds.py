@@ -5,8 +5,7 @@ The chat runner calls ``arrange`` once the prompt is assembled, ``before`` once 
 stream is open (before the LLM call), ``source`` on the LLM's text and ``deltas`` on
 the reply's text after the output sanitizers (the text only a kind adds, such as a
 continuation's space, is never trimmed by them), and ``after`` when the turn ended,
-however it ended. One class
-per kind:
+however it ended. One class per kind:
 
 - ``NewMessage``: the user's message (with a new conversation's greeting, written
   once even when first turns race), then the reply appended;

@@ -117,17 +117,20 @@ class PromptPreview(BaseModel):
              summary="The assembled prompt and activated lorebook entries, without the LLM",
              tags=["prompt"], errors=(400, 404, 413, 422, 500))
 async def preview_prompt(request: web.Request) -> web.Response:
-    from companion_engine.chat.turns import make_turn  # the chat runner's own turn builder
+    from companion_engine.chat.turns import first_chat_turn  # the chat runner's own builder
 
     engine = request.app[ENGINE]
     req = await read_body(request, ChatRequest)
     async with engine.lease() as pipeline:
-        turn = await make_turn(engine, pipeline, req)
+        planned = await first_chat_turn(engine, pipeline, req)
+        turn = planned.turn
         try:
             await assemble_prompt(pipeline, turn)
         except StageError as exc:
             raise ApiError(500, str(exc), detail={"type": exc.type, "stage": exc.stage,
                                                   "plugin": exc.plugin}) from None
+        if planned.kind is not None:  # a group chat's nudge, as the runner adds it
+            planned.kind.arrange(turn)
     counter = await get_counter(turn.model or turn.profile.llm.model)
     messages = [PreviewMessage(role=m["role"], content=m["content"],
                                tokens=counter.count_message(m["content"]))

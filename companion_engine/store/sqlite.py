@@ -113,8 +113,21 @@ def _head(row: Sequence[Any], messages: list[StoredMessage]) -> Conversation:
                         order or "natural", title, json.loads(branched) if branched else None)
 
 
+READ_HEAD = f"SELECT {HEAD_COLUMNS} FROM conversations c WHERE c.id = ?"
+READ_MESSAGES = (f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ? "
+                 "ORDER BY m.id")
 INSERT_MESSAGE = ("INSERT INTO messages(conversation_id, role, content, status, created_at, "
                   "meta, uid, swipes, swipe_index) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first row of a query, or None (one trip to the connection's thread)."""
+    rows = await db.execute_fetchall(sql, params)
+    return next(iter(rows), None)
+
+
+async def _all(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(await db.execute_fetchall(sql, params))
 
 
 class SQLiteStore(Store):
@@ -170,17 +183,14 @@ class SQLiteStore(Store):
     # --- settings ---------------------------------------------------------------------------
 
     async def get_setting(self, key: str) -> Any | None:
-        async with self.reader.execute("SELECT value FROM settings WHERE key = ?",
-                                       (key,)) as cur:
-            row = await cur.fetchone()
+        row = await _one(self.reader, "SELECT value FROM settings WHERE key = ?", (key,))
         return json.loads(row[0]) if row else None
 
     async def get_settings(self, keys: Iterable[str]) -> dict[str, Any]:
         names = list(keys)
         marks = ",".join("?" * len(names))
-        async with self.reader.execute(f"SELECT key, value FROM settings WHERE key IN ({marks})",
-                                       names) as cur:
-            rows = await cur.fetchall()
+        rows = await _all(self.reader, f"SELECT key, value FROM settings WHERE key IN ({marks})",
+                          names)
         return {k: json.loads(v) for k, v in rows}
 
     async def set_setting(self, key: str, value: Any) -> None:
@@ -207,24 +217,19 @@ class SQLiteStore(Store):
         opening_rows = [_message_row(conversation_id, m) for m in stamp(opening, now)]
 
         async def work() -> int:
-            cur = await self.db.execute(
+            # One statement creates the conversation or bumps it: a new one is version 1.
+            row = await _one(
+                self.db,
                 "INSERT INTO conversations(id, character_id, created_at, updated_at, version, "
-                "character_ids) VALUES(?, ?, ?, ?, 1, ?) ON CONFLICT(id) DO NOTHING",
+                "character_ids) VALUES(?, ?, ?, ?, 1, ?) ON CONFLICT(id) DO UPDATE SET "
+                "updated_at = excluded.updated_at, version = version + 1 RETURNING version",
                 (conversation_id, character_id, now, now,
                  _dumps([character_id]) if character_id else None))
-            created = (cur.rowcount or 0) > 0
-            version = 1
-            if not created:
-                async with self.db.execute(
-                    "UPDATE conversations SET updated_at = ?, version = version + 1 "
-                    "WHERE id = ? RETURNING version", (now, conversation_id)) as cur:
-                    row = await cur.fetchone()
-                version = int(row[0]) if row else 1
+            version = int(row[0]) if row else 1
             opened = opening_rows
-            if opened and not created:
-                async with self.db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE "
-                                           "conversation_id = ?)", (conversation_id,)) as cur:
-                    row = await cur.fetchone()
+            if opened and version > 1:
+                row = await _one(self.db, "SELECT EXISTS (SELECT 1 FROM messages WHERE "
+                                          "conversation_id = ?)", (conversation_id,))
                 if row and row[0]:
                     opened = []
             await self.db.executemany(INSERT_MESSAGE, opened + rows)
@@ -240,10 +245,8 @@ class SQLiteStore(Store):
         state_rows = _state_rows(conv.id, state or {})
 
         async def work() -> Conversation:
-            async with self.db.execute("SELECT 1 FROM conversations WHERE id = ?",
-                                       (conv.id,)) as cur:
-                if await cur.fetchone() is not None:
-                    raise ConversationExists(conv.id)
+            if await _one(self.db, "SELECT 1 FROM conversations WHERE id = ?", (conv.id,)):
+                raise ConversationExists(conv.id)
             await self._insert(conv)
             await self.db.execute("DELETE FROM conversation_state WHERE conversation_id = ?",
                                   (conv.id,))
@@ -271,19 +274,16 @@ class SQLiteStore(Store):
 
     async def _read(self, db: aiosqlite.Connection, conversation_id: str
                     ) -> tuple[Conversation | None, list[int]]:
-        """One statement, so one consistent snapshot: the head and its messages (and their
-        row ids, which the editing transaction addresses them by)."""
-        async with db.execute(
-            f"SELECT {HEAD_COLUMNS}, {MESSAGE_COLUMNS} FROM conversations c "
-            "LEFT JOIN messages m ON m.conversation_id = c.id WHERE c.id = ? ORDER BY m.id",
-            (conversation_id,),
-        ) as cur:
-            rows = list(await cur.fetchall())
-        if not rows:
+        """The head, then its messages (with the row ids the editing transaction addresses
+        them by). Two statements: a write may commit between them, so the messages may be
+        newer than the head's ``version`` says — never older, so an edit based on this read
+        can only be refused as stale, never applied over a change it did not see. Inside a
+        write transaction (``_transact``) nothing can commit in between."""
+        head = await _one(db, READ_HEAD, (conversation_id,))
+        if head is None:
             return None, []
-        messages = [_message(r[9:]) for r in rows if r[9] is not None]
-        rowids = [r[9] for r in rows if r[9] is not None]
-        return _head(rows[0][:9], messages), rowids
+        rows = await _all(db, READ_MESSAGES, (conversation_id,))
+        return _head(head, [_message(r) for r in rows]), [r[0] for r in rows]
 
     async def list_conversations(
         self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
@@ -293,15 +293,14 @@ class SQLiteStore(Store):
             where = ("WHERE c.character_id = ? OR EXISTS (SELECT 1 FROM "
                      "json_each(c.character_ids) WHERE json_each.value = ?)")
             params = [character_id, character_id, limit, offset]
-        async with self.reader.execute(
+        rows = await _all(
+            self.reader,
             f"SELECT {HEAD_COLUMNS}, "
             "(SELECT COUNT(*) FROM messages WHERE conversation_id = c.id), "
             f"{MESSAGE_COLUMNS} FROM conversations c "
             "LEFT JOIN messages m ON m.id = (SELECT MAX(id) FROM messages "
             "WHERE conversation_id = c.id) "
-            f"{where} ORDER BY c.updated_at DESC, c.id LIMIT ? OFFSET ?", params,
-        ) as cur:
-            rows = list(await cur.fetchall())
+            f"{where} ORDER BY c.updated_at DESC, c.id LIMIT ? OFFSET ?", params)
         out = []
         for r in rows:
             head = _head(r[:9], [])
@@ -324,11 +323,9 @@ class SQLiteStore(Store):
     # --- state --------------------------------------------------------------------------------
 
     async def get_state(self, conversation_id: str) -> dict[str, Any]:
-        async with self.reader.execute(
-            "SELECT key, value FROM conversation_state WHERE conversation_id = ?",
-            (conversation_id,),
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await _all(self.reader,
+                          "SELECT key, value FROM conversation_state WHERE conversation_id = ?",
+                          (conversation_id,))
         return {k: json.loads(v) for k, v in rows}
 
     async def update_state(self, conversation_id: str, changes: dict[str, Any]) -> None:
@@ -387,10 +384,8 @@ class SQLiteStore(Store):
             if source is None:
                 raise ConversationNotFound(conversation_id)
             check_version(source, expected_version)
-            async with self.db.execute("SELECT 1 FROM conversations WHERE id = ?",
-                                       (new_id,)) as cur:
-                if await cur.fetchone() is not None:
-                    raise ConversationExists(new_id)
+            if await _one(self.db, "SELECT 1 FROM conversations WHERE id = ?", (new_id,)):
+                raise ConversationExists(new_id)
             conv = branch_of(source, new_id, at, time.time())
             await self._insert(conv)
             await self.db.execute("DELETE FROM conversation_state WHERE conversation_id = ?",
