@@ -14,7 +14,10 @@ as it arrives. Measured per turn (median and p90 of ``--runs`` turns after warm-
 - **Opus's share**: engine CPU time per turn (``/proc/PID/stat``) for a 10-sentence reply with
   speech off, WAV and Opus; (Opus - WAV) / (WAV - off) is encoding's share of synthesis.
 
-    python benchmarks/voice_e2e.py [--runs 10] [--rate 30]
+    python benchmarks/voice_e2e.py [--runs 10] [--rate 30] [--profile]
+
+``--profile`` records the Piper engine with ``py-spy record --threads --full-filenames``
+during the measured turns and prints the functions with the most samples (leaf frames).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ ESSAY_REPLY = " ".join([
     "By evening the whole village knew that she was coming home.",
 ])
 REPLIES = {"fragment": FRAGMENT_REPLY, "long": LONG_REPLY, "essay": ESSAY_REPLY}
+FRAGMENT = "Hello there, my friend,"
 
 
 def tokens_of(text: str) -> list[str]:
@@ -183,7 +187,31 @@ def stats(values: list[float]) -> str:
     return f"{statistics.median(v):.1f} ms (p90 {p90:.1f})"
 
 
-async def measure(runs: int, rate: float) -> None:
+async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return await asyncio.create_subprocess_exec(
+        spy, "record", "--threads", "--full-filenames", "--format", "raw", "--rate", "200",
+        "-o", str(out), "-p", str(pid), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+
+
+def top_frames(raw: Path, n: int = 15) -> str:
+    """The leaf frames with the most samples in a py-spy ``raw`` (collapsed stacks) file."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(count)
+        total += int(count)
+    best = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return "\n".join(f"  {c * 100 / total:5.1f}%  {leaf}" for leaf, c in best)
+
+
+async def measure(runs: int, rate: float, profile: bool) -> None:
+    profile_text = ""
     llm_port = free_port()
     llm = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--llm", str(llm_port), "--rate", str(rate),
@@ -205,23 +233,34 @@ async def measure(runs: int, rate: float) -> None:
                         await turn(session, engine, message)
                         await turn(session, engine, message, audio_format="opus",
                                    chunked_audio=True)
+                spy = await start_profile(piper.pid, Path(tmp) / "profile.txt") if profile \
+                    else None
                 rows = await scenarios(session, piper, espeak, runs)
+                if spy is not None:
+                    spy.send_signal(2)  # SIGINT: py-spy writes what it has
+                    await spy.wait()
             finally:
                 await piper.stop()
                 await espeak.stop()
                 llm.terminate()
                 await llm.wait()
+            if profile and (Path(tmp) / "profile.txt").exists():
+                profile_text = top_frames(Path(tmp) / "profile.txt")
     print(f"\nrate {rate:g} tokens/s, {runs} turns per row after warm-up, "
           f"{os.cpu_count()} cores\n")
     print("| measurement | median (p90) |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    if profile_text:
+        print("\npy-spy, Piper engine during the measured turns (leaf frames, % of samples):")
+        print(profile_text)
 
 
 async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engine,
                     runs: int) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    gaps: dict[str, list[float]] = {k: [] for k in ("piper", "espeak", "chunk", "whole")}
+    gaps: dict[str, list[float]] = {k: [] for k in ("piper", "espeak", "chunk", "whole",
+                                                     "synth")}
     first_len = 0
     for _ in range(runs):  # interleaved, so machine noise hits every row alike
         ev = await turn(session, piper, "fragment")
@@ -234,8 +273,15 @@ async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engin
         long_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
         gaps["whole"].append(first_sentence_gap(await turn(session, piper, "long"),
                                                 "audio_ready"))
+        started = time.perf_counter()  # the same fragment through POST /api/tts
+        async with session.post(piper.url + "/api/tts", json={"text": FRAGMENT}) as resp:
+            assert resp.status == 200
+            await resp.read()
+        gaps["synth"].append((time.perf_counter() - started) * 1000)
     rows.append((f"Piper: first audio after the first fragment's last token "
                  f"({first_len} chars) [goal <= 80 ms]", stats(gaps["piper"])))
+    rows.append(("baseline: POST /api/tts of the same fragment (synthesis alone, + HTTP)",
+                 stats(gaps["synth"])))
     rows.append(("espeak (baseline, same reply)", stats(gaps["espeak"])))
     rows.append((f"Piper chunked: first audio_chunk after the {long_len}-char first sentence's "
                  "last token [goal <= 60 ms]", stats(gaps["chunk"])))
@@ -262,12 +308,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=30.0, help="LLM tokens per second")
+    parser.add_argument("--profile", action="store_true", help="py-spy the Piper engine")
     parser.add_argument("--llm", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.llm is not None:
         asyncio.run(serve_llm(args.llm, args.rate))
         return
-    asyncio.run(measure(args.runs, args.rate))
+    asyncio.run(measure(args.runs, args.rate, args.profile))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ streaming inside a sentence, no visemes).
 A loaded voice is shared by every pipeline that names it (reference counted:
 ``acquire``/``release``) and by concurrent turns. ONNX Runtime sessions are
 thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
-sentences at once on two cores, each on one intra-op thread; a job that starts
-while no other Piper job runs (the first sentence of a reply, usually) uses a
-second set of sessions with two intra-op threads, so first audio comes from
-both cores (that costs one more copy of the weights in memory).
+sentences at once on two cores, each on one intra-op thread. With
+``COMPANION_PIPER_THREADS=N`` (N > 1) a job that starts while no other Piper job
+runs (the first sentence of a reply, usually) uses a second set of sessions
+with N intra-op threads: faster first audio on an otherwise idle machine, one
+more copy of the weights in memory.
 Phonemisation goes through Piper's own espeak-ng bridge, which holds its own
 lock. Nothing here touches the network.
 
@@ -68,8 +69,11 @@ REFERENCE_TEXT = "Hello there! How are you doing today? I hope the weather is ni
 #: Peak the reference sentence is scaled to.
 REFERENCE_PEAK = 0.9
 ENTRY_POINT_GROUP = "piper_voices"
-#: Intra-op threads of a job that runs alone (see the module docstring).
-FAST_THREADS = min(2, os.cpu_count() or 1)
+#: Intra-op threads of a job that runs alone (see the module docstring). 1 by default: on a
+#: shared machine (the LLM runs beside us, other work) a second thread waits on a busy core
+#: and makes synthesis slower, not faster (measured: 2.3x slower under load).
+FAST_THREADS = max(1, min(os.cpu_count() or 1, int(os.environ.get("COMPANION_PIPER_THREADS",
+                                                                  "1") or 1)))
 
 _lane = threading.local()
 
