@@ -283,7 +283,7 @@ async def test_stale_summary_is_not_placed(
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
     client = await make_client(profile=memory_profile(
-        llm_server, {"recall": False}, history_tokens=30), root=tmp_path)
+        llm_server, {"recall": False, "summary": {"delay_s": 0}}, history_tokens=30), root=tmp_path)
     for i in range(3):
         await chat(client, {"message": f"Message number {i} is long enough.",
                             "conversation_id": "c"})
