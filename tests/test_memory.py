@@ -283,7 +283,7 @@ async def test_stale_summary_is_not_placed(
 ) -> None:
     write_card(tmp_path, "nova", "Nova", first_mes="")
     client = await make_client(profile=memory_profile(
-        llm_server, {"recall": False}, history_tokens=30), root=tmp_path)
+        llm_server, {"recall": False, "summary": {"delay_s": 0}}, history_tokens=30), root=tmp_path)
     for i in range(3):
         await chat(client, {"message": f"Message number {i} is long enough.",
                             "conversation_id": "c"})
@@ -378,3 +378,28 @@ async def test_summary_waits_for_a_quiet_moment_and_rapid_turns_cost_one(
     assert len(summaries) == 1  # the waiting jobs were replaced by the newest one
     async with client.get("/api/conversations/c") as resp:
         assert (await resp.json())["data"]["summary"]["covers"] >= 3
+
+
+async def test_summary_works_on_the_redis_store_too(
+    make_client: MakeClient, llm_server: LLMTestServer, tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> None:
+    write_card(tmp_path, "nova", "Nova", first_mes="")
+    client = await make_client(
+        profile=memory_profile(llm_server, {"recall": False,
+                                            "summary": {"batch": 1, "delay_s": 0}},
+                               history_tokens=30),
+        config={"store": {"url": redis_url + "?prefix=memsum:"}}, root=tmp_path)
+    for text in ("The first long message about the old lighthouse.",
+                 "The second long message about the harbour master."):
+        await chat(client, {"message": text, "conversation_id": "r"})
+        if "memory.summarizer" in client.app[ENGINE].stash:
+            await summarizer_of(client).idle()
+    llm_server.push(Script(tokens=["Reply."]), Script(tokens=["Lighthouse and harbour."]))
+    await chat(client, {"message": "A third one about boats.", "conversation_id": "r"})
+    await summarizer_of(client).idle()
+    async with client.get("/api/conversations/r") as resp:
+        summary = (await resp.json())["data"]["summary"]
+    assert summary["text"] in ("Lighthouse and harbour.", "Hello there!")
+    data = await preview(client, {"message": "And?", "conversation_id": "r"})
+    assert data["memory"]["summary"] == summary["text"]
