@@ -78,6 +78,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.observers.metrics",
     "companion_engine.observers.tracing",
     "companion_engine.routes.transcribe",
+    "companion_engine.routes.ws",
 )
 
 LOCAL_MODULE_PREFIX = "companion_local_plugins."
