@@ -12,7 +12,8 @@ of ``frame_ms``. Then:
 - ``stop()`` (barge-in) ends it: nothing more is sent, the frames not yet sent are
   dropped, and ``last_index`` says which sentence was the last to go out.
 
-``await put(name, event)`` queues a turn's ``audio_ready`` (base64 audio) or
+``await put(name, event)`` queues a turn's ``audio_ready`` or ``audio_chunk``
+(base64 audio; a chunk is one part of a sentence, ``final`` on its last) or
 ``audio_error`` event; one sender task sends them in order, paced, and the queue
 holds one sentence, so the turn's speech session is never more than a sentence
 ahead of what was sent. ``await drain()`` waits until everything queued was
@@ -20,8 +21,9 @@ sent: the session calls it before passing the turn's ``done`` on, so a turn is
 not over while its audio is still going out (and a barge-in during the last
 sentence still finds it running). In ``frames`` mode a sentence is
 ``audio_start`` (JSON: index, text, format ``pcm16``, sample rate, bytes,
-duration, visemes), binary PCM16 frames, ``audio_end``; in ``events`` mode it is
-the ``audio_ready`` event itself, paced by its duration.
+duration, visemes), binary PCM16 frames (of every part, for chunked audio),
+``audio_end``; in ``events`` mode it is the ``audio_ready``/``audio_chunk``
+event itself, paced by its duration.
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ class Playout:
             while True:
                 name, event = await self._queue.get()
                 try:
-                    if name == "audio_ready":
-                        await self.play(event)
+                    if name in ("audio_ready", "audio_chunk"):
+                        await self.play(name, event)
                     else:
                         await self._send_json(name, event)
                 finally:
@@ -177,9 +179,9 @@ class Playout:
             self.error = exc
             self.stopped = True
 
-    async def play(self, event: dict[str, Any]) -> None:
-        """Send one ``audio_ready`` event's audio, paced; returns when it is all sent (or
-        the playout stopped)."""
+    async def play(self, name: str, event: dict[str, Any]) -> None:
+        """Send one ``audio_ready`` (or ``audio_chunk``) event's audio, paced; returns when
+        it is all sent (or the playout stopped)."""
         pcm = None
         fmt = event.get("format", "wav")
         if self.mode == "frames" and fmt in ("wav", "pcm16"):
@@ -192,14 +194,14 @@ class Playout:
             elif raw and int(event.get("sample_rate") or 0) > 0:
                 pcm = raw[:len(raw) // 2 * 2], int(event["sample_rate"])
         if pcm is None:
-            await self._play_event(event)
+            await self._play_event(name, event)
         else:
             await self._play_frames(event, *pcm)
 
-    async def _play_event(self, event: dict[str, Any]) -> None:
+    async def _play_event(self, name: str, event: dict[str, Any]) -> None:
         if not await self._pace():
             return
-        await self._send_json("audio_ready", event)
+        await self._send_json(name, event)
         self._sent(event["index"], float(event.get("duration_ms") or 0))
 
     async def _play_frames(self, event: dict[str, Any], pcm: bytes, rate: int) -> None:

@@ -277,6 +277,12 @@ class AudioReadyData(Data):
     visemes: list[dict[str, Any]]
 
 
+class AudioChunkData(AudioReadyData):
+    part: int
+    final: bool
+    offset_ms: int | None = None
+
+
 class AudioErrorData(Data):
     index: int
     sentence: str | None
@@ -329,6 +335,7 @@ SERVER_DATA: dict[str, type[Data]] = {
     "audio_start": AudioStartData,
     "audio_end": AudioEndData,
     "audio_ready": AudioReadyData,
+    "audio_chunk": AudioChunkData,
     "audio_error": AudioErrorData,
     "done": DoneData,
     "error": ErrorData,

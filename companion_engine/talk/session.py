@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from companion_engine.speech.vad import VADEvent
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: A turn's audio events: they go out through its ``Playout``, in order, paced.
+AUDIO_EVENTS = ("audio_ready", "audio_chunk", "audio_error")
 
 
 class Close(Exception):
@@ -88,7 +90,7 @@ class Reply:
         if kind == "content" and data.get("sentence_complete"):
             self.sentences.setdefault(self._completed, data.get("sentence") or "")
             self._completed += 1
-        elif kind in ("audio_ready", "audio_error") and isinstance(data.get("index"), int):
+        elif kind in AUDIO_EVENTS and isinstance(data.get("index"), int):
             display = data.get("display")
             if isinstance(display, str):
                 self.sentences.setdefault(data["index"], display)
@@ -551,7 +553,7 @@ class TalkSession:
     async def _emit(self, reply: Reply, kind: str, data: dict[str, Any]) -> None:
         """The turn's events: audio through the playout, the rest straight out."""
         reply.observe(kind, data)
-        if kind in ("audio_ready", "audio_error"):
+        if kind in AUDIO_EVENTS:
             await reply.playout.put(kind, data)
             return
         if kind == "done":
