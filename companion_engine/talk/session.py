@@ -34,9 +34,10 @@ from pydantic import ValidationError
 
 from companion_engine import jsoninput
 from companion_engine.chat.request import ChatRequest
+from companion_engine.chat.respond import prepared
 from companion_engine.chat.runner import TurnRunner
 from companion_engine.chat.sse import ClientGone, timestamp
-from companion_engine.chat.turns import make_turn, new_conversation_id
+from companion_engine.chat.turns import chat_turns, new_conversation_id
 from companion_engine.errors import ApiError, StageError
 from companion_engine.ratelimit import retry_after
 from companion_engine.stages import AudioInput, VADOptions
@@ -504,13 +505,28 @@ class TalkSession:
         self._previous = reply.task
 
     async def _run_turn(self, reply: Reply, text: str) -> None:
+        """The turns a message makes (one, or a group chat's speakers), one after the other."""
         try:
             async with self.engine.lease() as pipeline:
-                runner = await self._runner(reply, pipeline, text)
-                if runner is not None:
-                    await runner.run(lambda kind, data: self._emit(reply, kind, data))
-                    if reply.done is not None and reply.interrupted is None:
-                        await self.send("done", reply.done)  # stored: now it is done
+                s = self.settings
+                try:
+                    req = ChatRequest(message=text, conversation_id=self.conversation_id,
+                                      character_id=s.character_id, model=s.model,
+                                      user_name=s.user_name, voice=s.voice,
+                                      greeting=self.greeting)
+                except ValidationError as exc:
+                    await self._error("bad_request", f"invalid turn: {_first_error(exc)}")
+                    return
+                turns = chat_turns(self.engine, pipeline, req)
+                try:
+                    async for planned in turns:
+                        if not await self._speak_turn(reply, pipeline, planned):
+                            break
+                        reply = self._next_reply(reply)
+                except ApiError as exc:
+                    await self._error("bad_request", exc.error)
+                finally:
+                    await turns.aclose()  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if reply.interrupted is None or task is None:
@@ -523,32 +539,28 @@ class TalkSession:
             if self._reply is reply:
                 self._reply = None
 
-    async def _runner(self, reply: Reply, pipeline: Pipeline, text: str) -> TurnRunner | None:
-        s = self.settings
-        try:
-            req = ChatRequest(message=text, conversation_id=self.conversation_id,
-                              character_id=s.character_id, model=s.model,
-                              user_name=s.user_name, voice=s.voice, greeting=self.greeting)
-            turn = await make_turn(self.engine, pipeline, req)
-        except ValidationError as exc:
-            await self._error("bad_request", f"invalid turn: {_first_error(exc)}")
-            return None
-        except ApiError as exc:
-            await self._error("bad_request", exc.error)
-            return None
+    def _next_reply(self, reply: Reply) -> Reply:
+        """A group chat's next speaker: a reply of its own on the same task."""
+        nxt = Reply(Playout(self.send, self.send_bytes, mode=reply.playout.mode,
+                            lead_ms=self.limits.audio_lead_ms), task=reply.task)
+        self._reply = nxt
+        return nxt
+
+    async def _speak_turn(self, reply: Reply, pipeline: Pipeline, planned: Any) -> bool:
+        """Run one planned turn; True when it completed (a group chat goes on)."""
         reply.speaks = self._speaks(pipeline)
         if reply.speaks and reply.playout.mode == "frames":
-            turn.audio_format = "pcm16"
-        runner = TurnRunner(self.engine, pipeline, turn, speak=reply.speaks,
-                            store_history=True)
+            planned.turn.audio_format = "pcm16"
+        runner = await prepared(self.engine, pipeline, planned, speak=reply.speaks)
         runner.clip_interrupted = reply.heard
         reply.runner = runner
-        try:
-            await runner.prepare()
-        except ApiError as exc:
-            await self._error("bad_request", exc.error)
-            return None
-        return runner
+        if self._reply is None and reply.interrupted is None:
+            self._reply = reply
+        result = await runner.run(lambda kind, data: self._emit(reply, kind, data))
+        await reply.playout.aclose()
+        if reply.done is not None and reply.interrupted is None:
+            await self.send("done", reply.done)  # stored: now it is done
+        return result.status == "complete"
 
     async def _emit(self, reply: Reply, kind: str, data: dict[str, Any]) -> None:
         """The turn's events: audio through the playout, the rest straight out."""
