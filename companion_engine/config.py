@@ -64,6 +64,21 @@ def _stage_one(value: Any) -> StageRef:
 # --- companion.yaml ---------------------------------------------------------------------------
 
 
+class WebSocketConfig(ConfigModel):
+    """Caps of ``GET /api/ws`` sessions (one duplex WebSocket per conversation)."""
+
+    #: Largest single message, text or binary (an audio frame), in bytes.
+    max_frame_bytes: int = Field(default=256 * 1024, ge=4096, le=16 * 1024 * 1024)
+    #: Bytes one session may send in total (audio included: 16 kHz PCM16 is 115 MB/hour).
+    max_session_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    #: Close a session after this many seconds with no message and no reply under way.
+    idle_timeout_s: float = Field(default=120, gt=0, le=86_400)
+    #: Seconds a client without a key in its handshake has to send one in ``start``.
+    auth_timeout_s: float = Field(default=10, gt=0, le=300)
+    #: Audio sent ahead of playback: what a barge-in may still let the client play.
+    audio_lead_ms: int = Field(default=300, ge=40, le=10_000)
+
+
 class ServerConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=0, le=65535)
@@ -76,8 +91,9 @@ class ServerConfig(ConfigModel):
     trusted_proxies: list[str] = Field(default_factory=list)
     #: Largest request body in bytes (uploads have their own cap).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    #: Concurrent chat streams one client IP may hold open.
+    #: Concurrent chat streams one client IP may hold open (WebSocket sessions included).
     max_streams_per_ip: int = Field(default=4, ge=1)
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     #: Serving processes on the one port (``auto``: one per core); see docs/deploy.md.
     workers: int | Literal["auto"] = Field(default=1)
 
@@ -271,8 +287,17 @@ class SpeechConfig(ConfigModel):
     #: Text waiting to be spoken, at most (characters); sentences beyond it are not spoken
     #: (``audio_error``), so a runaway reply cannot queue unbounded speech.
     max_backlog_chars: int = Field(default=20_000, ge=100, le=10_000_000)
+    #: Speech to text (``/api/transcribe``, spoken chat messages, ``/api/ws``); ``none``: off.
+    stt: StageRef = Field(default_factory=lambda: StageRef(name="none"))
+    #: Voice activity detection on ``/api/ws`` audio: where an utterance starts and ends.
+    vad: StageRef = Field(default_factory=lambda: StageRef(name="silero"))
+    #: The language users speak (ISO 639-1, ``en``), a hint for the STT backend; None: detect.
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+    #: While the user speaks on ``/api/ws``, re-transcribe the utterance so far this often
+    #: (``transcript_partial`` events); 0: off. Each one costs a transcription.
+    partial_transcripts_ms: int = Field(default=0, ge=0, le=60_000)
 
-    _splitter = field_validator("splitter", "tts", mode="before")(_stage_one)
+    _splitter = field_validator("splitter", "tts", "stt", "vad", mode="before")(_stage_one)
     _cleaners = field_validator("cleaners", mode="before")(_stage_list)
 
     @field_validator("lexicon")

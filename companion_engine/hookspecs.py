@@ -21,7 +21,9 @@ if TYPE_CHECKING:
         PromptBuilder,
         Sanitizer,
         SentenceSplitter,
+        STTBackend,
         TTSBackend,
+        VADBackend,
     )
     from companion_engine.turn import Turn
 
@@ -53,6 +55,16 @@ def register_sentence_splitters() -> list[type[SentenceSplitter]]:
 @hookspec
 def register_tts_backends() -> list[type[TTSBackend]]:
     """Return TTS backend classes (the ``speech.tts`` slot)."""
+
+
+@hookspec
+def register_stt_backends() -> list[type[STTBackend]]:
+    """Return speech-to-text backend classes (the ``speech.stt`` slot)."""
+
+
+@hookspec
+def register_vad_backends() -> list[type[VADBackend]]:
+    """Return voice activity detector classes (the ``speech.vad`` slot)."""
 
 
 @hookspec

@@ -56,6 +56,10 @@ class RouteDoc:
     response_content: dict[str, dict[str, Any]] = field(default_factory=dict)
     query: type[BaseModel] | None = None
     errors: Sequence[int] = (400,)
+    #: The success status (101 for a WebSocket upgrade).
+    ok_status: int = 200
+    #: Request headers the route reads (name -> {description, required, schema}).
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ApiRoutes(web.RouteTableDef):
@@ -158,9 +162,11 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 ERROR_TEXT = {
-    400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
-    409: "Conflict (stale version, or the id is taken)", 413: "Body too large",
-    422: "Invalid body", 429: "Too many requests",
+    101: "Switching Protocols (the WebSocket is open)",
+    400: "Bad request", 401: "Missing or wrong API key", 403: "Forbidden (origin or host)",
+    404: "Not found", 409: "Conflict (stale version, or the id is taken)",
+    413: "Body too large", 415: "Unsupported media type", 422: "Invalid body",
+    429: "Too many requests",
     502: "Provider error", 503: "Unavailable",
 }
 
@@ -187,6 +193,7 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         if is_open(path):
             op["security"] = []  # served without the API key
         params = _path_params(path) + (_query_params(doc.query) if doc.query else [])
+        params += [{"name": name, "in": "header", **spec} for name, spec in doc.headers.items()]
         if params:
             op["parameters"] = params
         content: dict[str, Any] = {}
@@ -196,7 +203,8 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         content.update(doc.body_content)
         if content:
             op["requestBody"] = {"required": True, "content": content}
-        ok: dict[str, Any] = {"description": "OK"}
+        ok: dict[str, Any] = {"description": "OK" if doc.ok_status == 200 else
+                              ERROR_TEXT.get(doc.ok_status, "Success")}
         ok_content: dict[str, Any] = {}
         if doc.response is not None:
             ok_content["application/json"] = {
@@ -205,7 +213,7 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         ok_content.update(doc.response_content)
         if ok_content:
             ok["content"] = ok_content
-        op["responses"]["200"] = ok
+        op["responses"][str(doc.ok_status)] = ok
         for status in sorted(set(doc.errors)):
             op["responses"][str(status)] = {
                 "description": ERROR_TEXT.get(status, "Error"),

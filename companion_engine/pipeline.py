@@ -26,7 +26,9 @@ from companion_engine.stages import (
     Sanitizer,
     SentenceSplitter,
     Stage,
+    STTBackend,
     TTSBackend,
+    VADBackend,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ class Pipeline:
     splitter: SentenceSplitter
     cleaners: list[Sanitizer]
     tts: TTSBackend
+    stt: STTBackend
+    vad: VADBackend
     generation: int = 0
     #: ``id(stage)`` -> the plugin that registered its class.
     owners: dict[int, str] = field(default_factory=dict, repr=False)
@@ -55,7 +59,8 @@ class Pipeline:
     closed: bool = field(default=False, repr=False)
 
     def stages(self) -> list[Stage]:
-        return [*self.prompt, *self.output, self.splitter, *self.cleaners, self.tts]
+        return [*self.prompt, *self.output, self.splitter, *self.cleaners, self.tts, self.stt,
+                self.vad]
 
     def plugin_of(self, stage: Stage) -> str | None:
         return self.owners.get(id(stage))
@@ -168,7 +173,10 @@ def build_pipeline(
     cleaners = [make(r, ("sanitizer",), f"speech.cleaners[{i}]")
                 for i, r in enumerate(profile.speech.cleaners)]
     tts = make(profile.speech.tts, ("tts_backend",), "speech.tts")
+    stt = make(profile.speech.stt, ("stt_backend",), "speech.stt")
+    vad = make(profile.speech.vad, ("vad_backend",), "speech.vad")
     if problems:
         raise ConfigError(problems)
     return Pipeline(profile=profile, prompt=prompt, output=output, splitter=splitter,
-                    cleaners=cleaners, tts=tts, generation=generation, owners=owners)
+                    cleaners=cleaners, tts=tts, stt=stt, vad=vad, generation=generation,
+                    owners=owners)

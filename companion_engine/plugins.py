@@ -66,6 +66,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.builtin.cleaners",
     "companion_engine.builtin.tts",
     "companion_engine.builtin.piper",
+    "companion_engine.builtin.stt",
+    "companion_engine.builtin.vad",
     "companion_engine.routes.system",
     "companion_engine.routes.characters",
     "companion_engine.routes.chat",
@@ -75,6 +77,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.routes.tts",
     "companion_engine.observers.metrics",
     "companion_engine.observers.tracing",
+    "companion_engine.routes.transcribe",
+    "companion_engine.routes.ws",
 )
 
 LOCAL_MODULE_PREFIX = "companion_local_plugins."

@@ -87,11 +87,20 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/conversations/{id}/regenerate"),
     ("POST", "/api/conversations/{id}/continue"),
     ("POST", "/api/conversations/{id}/reply"),
+    ("POST", "/api/transcribe"),  # so is recognition
+    ("GET", "/api/ws"),  # opening a session; each of its turns spends one more
 })
-STREAM_ROUTES = frozenset({("POST", "/api/chat/stream"),
+STREAM_ROUTES = frozenset({("POST", "/api/chat/stream"), ("GET", "/api/ws"),
                            ("POST", "/api/conversations/{id}/regenerate"),
                            ("POST", "/api/conversations/{id}/continue"),
                            ("POST", "/api/conversations/{id}/reply")})
+#: Routes that check the API key themselves: a browser cannot put headers on a WebSocket,
+#: so ``/api/ws`` also takes it as a subprotocol or in its first message.
+SELF_AUTH_ROUTES = frozenset({("GET", "/api/ws")})
+#: Routes that take recorded audio and may use the upload cap: ``/api/transcribe`` always,
+#: a chat route only for a spoken (multipart) message.
+AUDIO_ROUTES = frozenset({("POST", "/api/transcribe")})
+SPOKEN_ROUTES = frozenset({("POST", "/api/chat/stream"), ("POST", "/api/chat")})
 #: Routes that carry a whole card (JSON or PNG, avatar included): they may use the app's
 #: upload cap; every other route gets ``server.max_body_bytes``.
 CARD_ROUTES = frozenset({
@@ -220,8 +229,8 @@ def _check_browser_context(request: web.Request, config: AppConfig) -> None:
         raise ApiError(403, f"host {request.host!r} is not served",
                        "without server.api_key only loopback host names are accepted "
                        "(protection against DNS rebinding)")
-    if request.method not in UNSAFE_METHODS:
-        return
+    if request.method not in UNSAFE_METHODS and not is_websocket(request):
+        return  # a WebSocket has no CORS: any page may open one, so its origin is checked
     origin = request.headers.get("Origin")
     if origin is not None:
         if not (_origin_allowed(origin, config) or _same_origin(origin, request)):
@@ -232,6 +241,10 @@ def _check_browser_context(request: web.Request, config: AppConfig) -> None:
 
 
 # --- access ----------------------------------------------------------------------------------
+
+
+def is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def is_open(path: str) -> bool:
@@ -248,18 +261,31 @@ def key_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+def api_key_required(config: AppConfig) -> bool:
+    """Whether requests need the key; 503 when it was removed from a network bind."""
+    if config.server.api_key:
+        return True
+    if not is_loopback(config.server.host):
+        # The bind cannot change on reload, the key can: fail closed, never open.
+        raise ApiError(503, "server.api_key was removed while the server listens on "
+                            f"{config.server.host}; restore it (or restart on 127.0.0.1)")
+    return False
+
+
+async def check_api_key(request: web.Request, given: str | None) -> None:
+    """The key check for a key sent another way than ``Authorization`` (a WebSocket's
+    subprotocol or first message): same answers, same limiter for wrong keys."""
+    engine = request.app[ENGINE]
+    client = client_key(client_ip(request, engine.config.server.trusted_proxies))
+    await _check_key(request, engine.config, engine.shared, client, given)
+
+
 async def _check_key(request: web.Request, config: AppConfig, shared: SharedState,
-                     client: str) -> None:
+                     client: str, given: str | None) -> None:
+    if is_open(request.path) or not api_key_required(config):
+        return
     expected = config.server.api_key
-    if is_open(request.path):
-        return
-    if not expected:
-        if not is_loopback(config.server.host):
-            # The bind cannot change on reload, the key can: fail closed, never open.
-            raise ApiError(503, "server.api_key was removed while the server listens on "
-                                f"{config.server.host}; restore it (or restart on 127.0.0.1)")
-        return
-    given = bearer_token(request)
+    assert expected is not None
     if given is not None and key_matches(given, expected):
         return
     wait = await shared.take(AUTH_SCOPE, client, config.rate_limit.requests,
@@ -299,7 +325,8 @@ async def refused(request: web.Request, reason: str) -> None:
 
 
 def body_cap(request: web.Request, config: AppConfig, route: tuple[str, str]) -> int:
-    if route in CARD_ROUTES:
+    if route in CARD_ROUTES or route in AUDIO_ROUTES or (
+            route in SPOKEN_ROUTES and request.content_type == "multipart/form-data"):
         return max(request.app._client_max_size, config.server.max_body_bytes)
     return config.server.max_body_bytes
 
@@ -332,8 +359,9 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         return _preflight(request, config)
     _check_browser_context(request, config)
     client = client_key(client_ip(request, config.server.trusted_proxies))
-    await _check_key(request, config, shared, client)
     route = route_key(request)
+    if route not in SELF_AUTH_ROUTES:
+        await _check_key(request, config, shared, client, bearer_token(request))
     await _check_rate(request, config, shared, client, route)
     cap = body_cap(request, config, route)
     if route not in STREAM_ROUTES:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from companion_engine.engine import Engine
@@ -146,6 +146,133 @@ class TTSBackend(Stage):
         yield audio
 
 
+@dataclass(slots=True)
+class AudioInput:
+    """Speech to recognise: 16-bit little-endian mono PCM at ``sample_rate``.
+
+    The engine decodes whatever a client sent (WAV, Ogg/Opus, WebM/Opus, raw PCM16)
+    into this before an STT backend sees it; built-in decoding always gives 16 kHz.
+    """
+
+    pcm: bytes
+    sample_rate: int = 16000
+    #: A language hint (ISO 639-1, ``en``) from the client or the profile; None: detect.
+    language: str | None = None
+
+    @property
+    def duration_ms(self) -> int:
+        return len(self.pcm) // 2 * 1000 // self.sample_rate if self.sample_rate else 0
+
+    def wav(self) -> bytes:
+        """The audio as a WAV file (what HTTP speech-to-text servers take)."""
+        from companion_engine.speech.wav import pcm_to_wav
+
+        return pcm_to_wav(self.pcm, self.sample_rate)
+
+
+@dataclass(slots=True)
+class Word:
+    """One recognised word and when it was said (seconds from the audio's start)."""
+
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+@dataclass(slots=True)
+class Transcript:
+    """What an STT backend heard: the text, its language and, if known, word times."""
+
+    text: str
+    #: ISO 639-1 code (``en``) where the backend says; None if unknown.
+    language: str | None = None
+    words: list[Word] = field(default_factory=list)
+    #: Seconds of audio transcribed.
+    duration: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``/api/transcribe`` and the ``transcript`` event."""
+        out: dict[str, Any] = {"text": self.text, "language": self.language}
+        if self.words:
+            out["words"] = [{"word": w.word, "start": w.start, "end": w.end,
+                             **({"probability": w.probability}
+                                if w.probability is not None else {})} for w in self.words]
+        if self.duration is not None:
+            out["duration"] = self.duration
+        return out
+
+
+class STTBackend(Stage):
+    """Speech to text: ``transcribe(audio, turn) -> Transcript`` for one utterance.
+
+    Called for ``POST /api/transcribe``, a chat request with an ``audio`` part and each
+    utterance the WebSocket's voice activity detector ends. Blocking work (a model in
+    process) belongs on a thread; an HTTP backend uses ``engine.http`` or its own
+    session. ``turn`` carries the profile, character and user name (useful as a prompt).
+    """
+
+    kind: ClassVar[str] = "stt_backend"
+    #: False for a backend that never transcribes (``none``): speech input is off.
+    listens: ClassVar[bool] = True
+
+    async def transcribe(self, audio: AudioInput, turn: Turn) -> Transcript:
+        raise NotImplementedError
+
+
+class VADOptions(StageOptions):
+    """Options every voice activity detector takes (a subclass may add more)."""
+
+    #: Speech probability at or above which a frame is speech (below it minus 0.15: silence).
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: Speech shorter than this is a false start: it starts no utterance, interrupts nothing.
+    min_speech_ms: int = Field(default=250, ge=0, le=5000)
+    #: Silence that ends an utterance.
+    min_silence_ms: int = Field(default=500, ge=30, le=10_000)
+    #: Audio kept before the speech started and after it ended, for the transcriber.
+    speech_pad_ms: int = Field(default=300, ge=0, le=2000)
+    #: An utterance longer than this is ended (and transcribed) anyway.
+    max_speech_s: float = Field(default=30, gt=0, le=300)
+
+
+class VADBackend(Stage):
+    """Voice activity detection: a speech probability per frame of 16 kHz PCM16.
+
+    A backend scores frames; ``companion_engine.speech.vad.VADStream`` (``stream()``)
+    cuts any incoming audio into frames, scores them on a worker thread (never on the
+    event loop) and turns the probabilities into speech start/end events with the
+    ``threshold``, ``min_speech_ms`` and ``min_silence_ms`` options. Per-stream model
+    state comes from ``new_state()``: one instance serves every session at once.
+    """
+
+    kind: ClassVar[str] = "vad_backend"
+    #: The rate frames are scored at.
+    sample_rate: ClassVar[int] = 16000
+    #: Samples in one scored frame (Silero: 512 = 32 ms; webrtcvad: 480 = 30 ms); a
+    #: backend may set it per instance in ``setup``.
+    frame_samples: int = 512
+
+    class Options(VADOptions):
+        pass
+
+    options: VADOptions
+
+    def new_state(self) -> Any:
+        """Model state for one audio stream (Silero: its RNN state and context)."""
+        return None
+
+    def speech_probability(self, frame: bytes, state: Any) -> float:
+        """0..1 for one frame of ``frame_samples`` PCM16 samples. Runs on a worker
+        thread, in stream order; may update ``state``."""
+        raise NotImplementedError
+
+    def stream(self, options: VADOptions | None = None) -> Any:
+        """A ``VADStream`` over this backend (``options`` override the profile's)."""
+        from companion_engine.speech.vad import VADStream
+
+        return VADStream(self, options or self.options)
+
+
 #: Stage kind -> (base class, registration hook name).
 STAGE_KINDS: dict[str, tuple[type[Stage], str]] = {
     "prompt_builder": (PromptBuilder, "register_prompt_builders"),
@@ -153,4 +280,6 @@ STAGE_KINDS: dict[str, tuple[type[Stage], str]] = {
     "sanitizer": (Sanitizer, "register_sanitizers"),
     "sentence_splitter": (SentenceSplitter, "register_sentence_splitters"),
     "tts_backend": (TTSBackend, "register_tts_backends"),
+    "stt_backend": (STTBackend, "register_stt_backends"),
+    "vad_backend": (VADBackend, "register_vad_backends"),
 }

@@ -76,4 +76,4 @@ def prompt_pipeline(profile: Profile, host: PluginHost | None = None) -> Pipelin
         assert info is not None, ref.name
         stages.append(info.cls(info.cls.Options.model_validate(ref.options)))
     return Pipeline(profile=profile, prompt=stages, output=[], splitter=None,  # type: ignore[arg-type]
-                    cleaners=[], tts=None)  # type: ignore[arg-type]
+                    cleaners=[], tts=None, stt=None, vad=None)  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ import pytest
 STAGES_PLUGIN = '''
 from companion_engine import hookimpl
 from companion_engine.stages import (
-    Audio, LorebookInjector, PromptBuilder, Sanitizer, SentenceSplitter, StageOptions, TTSBackend)
+    Audio, LorebookInjector, PromptBuilder, Sanitizer, SentenceSplitter, StageOptions, TTSBackend,
+    STTBackend, Transcript, VADBackend)
 
 
 class Greeter(PromptBuilder):
@@ -55,6 +56,20 @@ class Silent(TTSBackend):
         return Audio(b"", sample_rate=16000)
 
 
+class Ear(STTBackend):
+    name = "t_ear"
+
+    async def transcribe(self, audio, turn):
+        return Transcript(text=f"{audio.duration_ms} ms", language="en")
+
+
+class Loudness(VADBackend):
+    name = "t_vad"
+
+    def speech_probability(self, frame, state):
+        return 1.0 if any(frame) else 0.0
+
+
 @hookimpl
 def register_prompt_builders():
     return [Greeter]
@@ -78,7 +93,20 @@ def register_sentence_splitters():
 @hookimpl
 def register_tts_backends():
     return [Silent]
+
+
+@hookimpl
+def register_stt_backends():
+    return [Ear]
+
+
+@hookimpl
+def register_vad_backends():
+    return [Loudness]
 '''
+
+#: The ``speech`` slots of STAGES_PLUGIN for a profile built without the built-ins.
+T_LISTEN = {"stt": "t_ear", "vad": "t_vad"}
 
 
 def write_plugin(directory: Path, name: str, source: str) -> Path:

@@ -13,8 +13,9 @@ from companion_engine.config import Profile
 from companion_engine.errors import ConfigError
 from companion_engine.pipeline import build_pipeline
 from companion_engine.plugins import PluginError, PluginHost
+from companion_engine.stages import STAGE_KINDS
 from companion_engine.turn import Turn
-from tests.plugin_helpers import STAGES_PLUGIN, install_distribution, write_plugin
+from tests.plugin_helpers import STAGES_PLUGIN, T_LISTEN, install_distribution, write_plugin
 
 NO_BUILTINS: tuple[str, ...] = ()
 
@@ -167,7 +168,7 @@ def test_duplicate_stage_name_names_both_plugins(tmp_path: Path) -> None:
     write_plugin(tmp_path, "second", STAGES_PLUGIN)
     host = load(tmp_path)
     dups = [e for e in host.errors if e.stage == "duplicate"]
-    assert len(dups) == 5  # one per stage kind
+    assert len(dups) == len(STAGE_KINDS)  # one per stage kind
     assert all("first" in e.error and "second" in e.error for e in dups)
     assert host.stages["tts_backend"]["t_silent"].plugin == "first"
 
@@ -188,7 +189,8 @@ def test_pipeline_resolves_stage_lists_with_validated_options(tmp_path: Path) ->
     profile = Profile.model_validate({
         "prompt": [{"t_greeter": {"text": "hi"}}, "t_lore"],
         "output": ["t_upper"],
-        "speech": {"splitter": "t_whole", "cleaners": ["t_upper"], "tts": "t_silent"},
+        "speech": {"splitter": "t_whole", "cleaners": ["t_upper"], "tts": "t_silent",
+                   **T_LISTEN},
     })
     pipeline = build_pipeline(profile, host)
     assert [s.name for s in pipeline.prompt] == ["t_greeter", "t_lore"]
@@ -202,7 +204,8 @@ def test_pipeline_errors_list_known_names_and_bad_options(tmp_path: Path) -> Non
     profile = Profile.model_validate({
         "prompt": [{"t_greeter": {"txt": "hi"}}, "t_greter"],
         "output": [],
-        "speech": {"splitter": "t_whole", "cleaners": [], "tts": {"t_silent": {"voice": 3}}},
+        "speech": {"splitter": "t_whole", "cleaners": [], "tts": {"t_silent": {"voice": 3}},
+                   **T_LISTEN},
     })
     with pytest.raises(ConfigError) as err:
         build_pipeline(profile, host)
@@ -221,7 +224,7 @@ async def _run_pipeline_stages(tmp_path: Path) -> Turn:
     host = load(tmp_path)
     profile = Profile.model_validate({
         "prompt": ["t_lore", "t_greeter"], "output": ["t_upper"],
-        "speech": {"splitter": "t_whole", "cleaners": [], "tts": "t_silent"},
+        "speech": {"splitter": "t_whole", "cleaners": [], "tts": "t_silent", **T_LISTEN},
     })
     pipeline = build_pipeline(profile, host)
     turn = Turn(profile=profile, user_message="hi")
@@ -494,7 +497,7 @@ def test_plain_pydantic_options_and_a_single_class_are_accepted(tmp_path: Path) 
     assert host.errors == []
     profile = Profile.model_validate({
         "output": [{"plain_opts": {"level": 3}}],
-        "speech": {"splitter": "t_whole", "cleaners": [], "tts": "t_silent"},
+        "speech": {"splitter": "t_whole", "cleaners": [], "tts": "t_silent", **T_LISTEN},
         "prompt": [],
     })
     write_plugin(tmp_path, "mystages", STAGES_PLUGIN)

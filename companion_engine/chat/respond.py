@@ -45,11 +45,15 @@ async def prepared(engine: Engine, pipeline: Pipeline, planned: PlannedTurn, *,
 
 
 async def stream_turns(request: web.Request, engine: Engine, pipeline: Pipeline,
-                       turns: AsyncIterator[PlannedTurn], *, speak: bool) -> web.StreamResponse:
-    """Every planned turn on one SSE stream."""
+                       turns: AsyncIterator[PlannedTurn], *, speak: bool,
+                       opening: tuple[str, dict[str, Any]] | None = None) -> web.StreamResponse:
+    """Every planned turn on one SSE stream (``opening``: an event to send first, e.g. a
+    spoken request's ``transcript``)."""
     try:
         runner = await prepared(engine, pipeline, await anext(turns), speak=speak)
         writer = await SSEWriter.open(request)
+        if opening is not None:
+            await writer.send(*opening)
         while True:
             result = await runner.stream_to(writer)
             if result.status != "complete":

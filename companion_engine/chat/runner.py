@@ -90,6 +90,14 @@ class TurnRunner:
         #: When the LLM request was sent (until its span is recorded).
         self._llm_started: float | None = None
         self._first_sentence_at: float | None = None
+        #: When set, an interrupted reply is stored and reported as ``clip(content)``: the
+        #: WebSocket keeps only the sentences whose audio was sent, never the unheard rest.
+        self.clip_interrupted: Callable[[str], str] | None = None
+
+    @property
+    def content(self) -> str:
+        """The reply so far, as streamed through the output sanitizers."""
+        return "".join(self._parts)
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -337,6 +345,8 @@ class TurnRunner:
             await self._speech.aclose()
         if not self.result.content:
             self.result.content = "".join(self._parts)
+        if self.result.status == "interrupted" and self.clip_interrupted is not None:
+            self.result.content = self.clip_interrupted(self.result.content)
         if not self.result.timings:
             self._finish_timings()
         self.result.chunk_count = self._chunk_index

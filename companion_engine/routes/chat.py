@@ -1,5 +1,11 @@
 """``POST /api/chat/stream`` (SSE) and ``POST /api/chat`` (one JSON reply): the same turn —
-in a group chat, the same turns (one per speaker)."""
+in a group chat, the same turns (one per speaker).
+
+Either takes JSON, or a spoken message: a multipart form with an ``audio`` part
+(plus the JSON fields as form fields), transcribed by the profile's
+``speech.stt`` first; its ``transcript`` is then the stream's first event (and a
+field of the JSON reply).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,16 @@ from companion_engine.chat.turns import chat_turns
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_body
+from companion_engine.stages import Transcript
+from companion_engine.talk.transcription import (
+    AUDIO_FORM,
+    AudioUpload,
+    is_upload,
+    read_audio_upload,
+    transcribe_upload,
+)
+from companion_engine.turn import Turn
 
 routes = ApiRoutes()
 
@@ -28,13 +43,14 @@ ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
 #: OpenAPI 3.1: ``schema`` of ``text/event-stream`` describes one event.
 SSE_DOC = {"text/event-stream": {"schema": {
     "type": "object",
-    "description": "Events provider_connected, content, audio_ready (or audio_chunk), "
-                   "audio_error, done or error; each `event: NAME` + `data: <one-line JSON>`. "
-                   "See docs/chat.md.",
+    "description": "Events transcript (spoken requests), provider_connected, content, "
+                   "audio_ready (or audio_chunk), audio_error, done or error; each "
+                   "`event: NAME` + `data: <one-line JSON>`. See docs/chat.md.",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["provider_connected", "content", "audio_ready",
-                                             "audio_chunk", "audio_error", "done", "error"]},
+        "event": {"type": "string", "enum": ["transcript", "provider_connected", "content",
+                                             "audio_ready", "audio_chunk", "audio_error",
+                                             "done", "error"]},
         "data": {"type": "string", "contentMediaType": "application/json"},
     }}}}
 
@@ -60,27 +76,84 @@ class ChatReply(BaseModel):
     finish_reason: str | None = None
     #: A group chat: every speaker's reply, in order (``content`` is the first one's).
     replies: list[SpeakerReply] | None = None
+    #: What the speech recognition heard, for a spoken request.
+    transcript: dict[str, Any] | None = None
     timestamp: str
 
 
-@routes.post("/api/chat/stream", body=ChatRequest, response_content=SSE_DOC, tags=["chat"],
-             summary="A streaming chat turn (server-sent events)", errors=(400, 404, 413, 422, 429))
+#: The form of a spoken chat request: the audio and the JSON fields as form fields.
+SPOKEN_FORM = {"multipart/form-data": {"schema": {
+    **AUDIO_FORM["multipart/form-data"]["schema"],
+    "description": "A spoken message: `audio` plus any field of the JSON body as a form field "
+                   "(`messages` as JSON text); the transcript is the message.",
+}}}
+
+
+async def read_chat(request: web.Request) -> tuple[ChatRequest, AudioUpload | None]:
+    """The JSON body, or a spoken form (validated now with a stand-in for the message)."""
+    if not is_upload(request):
+        return await read_body(request, ChatRequest), None
+    upload = await read_audio_upload(request)
+    return parse_model(ChatRequest, _with_message(upload, "…")), upload
+
+
+def _with_message(upload: AudioUpload, text: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {k: v for k, v in upload.fields.items()
+                              if k in ChatRequest.model_fields and k != "message"}
+    if "messages" in fields:
+        from companion_engine import jsoninput
+
+        try:
+            messages = jsoninput.loads(fields["messages"])
+        except jsoninput.JSONInputError as exc:
+            raise ApiError(400, f"form field `messages`: {exc.reason}") from None
+        if not isinstance(messages, list):
+            raise ApiError(422, "form field `messages` must be a JSON list of {role, content}")
+        fields["messages"] = [*messages, {"role": "user", "content": text}]
+    else:
+        fields["message"] = text
+    return fields
+
+
+async def _spoken(engine: Engine, pipeline: Any, upload: AudioUpload
+                  ) -> tuple[ChatRequest, Transcript]:
+    """Transcribe a spoken request into the chat request it stands for."""
+    turn = Turn(profile=pipeline.profile, user_message="", engine=engine,
+                user_name=upload.fields.get("user_name") or pipeline.profile.user_name)
+    transcript = await transcribe_upload(pipeline, upload, turn)
+    if not transcript.text.strip():
+        raise ApiError(422, "no speech was recognised in the audio", transcript.as_dict())
+    return parse_model(ChatRequest, _with_message(upload, transcript.text)), transcript
+
+
+@routes.post("/api/chat/stream", body=ChatRequest, body_content=SPOKEN_FORM,
+             response_content=SSE_DOC, tags=["chat"],
+             summary="A streaming chat turn (server-sent events)",
+             errors=(400, 404, 409, 413, 415, 422, 429, 502))
 async def chat_stream(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    req = await read_body(request, ChatRequest)
+    req, upload = await read_chat(request)
     async with engine.lease() as pipeline:
+        opening = None
+        if upload is not None:
+            req, transcript = await _spoken(engine, pipeline, upload)
+            opening = ("transcript", transcript.as_dict())
         speak = wants_speech(pipeline, req.enable_tts, req.audio_format)
         return await stream_turns(request, engine, pipeline,
-                                  chat_turns(engine, pipeline, req), speak=speak)
+                                  chat_turns(engine, pipeline, req), speak=speak,
+                                  opening=opening)
 
 
-@routes.post("/api/chat", body=ChatRequest, response=ChatReply, tags=["chat"],
-             summary="A chat turn answered as one JSON reply",
-             errors=(400, 404, 413, 422, 429, 500, 502, 503, 504))
+@routes.post("/api/chat", body=ChatRequest, body_content=SPOKEN_FORM, response=ChatReply,
+             tags=["chat"], summary="A chat turn answered as one JSON reply",
+             errors=(400, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504))
 async def chat(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    req = await read_body(request, ChatRequest)
+    req, upload = await read_chat(request)
+    transcript = None
     async with engine.lease() as pipeline:
+        if upload is not None:
+            req, transcript = await _spoken(engine, pipeline, upload)
         done = await run_turns(engine, pipeline, chat_turns(engine, pipeline, req))
     runner, result = done[0]
     if result.error is not None:
@@ -92,6 +165,8 @@ async def chat(request: web.Request) -> web.Response:
         "conversation_id": runner.turn.conversation_id, "finish_reason": result.finish_reason,
         "timestamp": timestamp(),
     }
+    if transcript is not None:
+        body["transcript"] = transcript.as_dict()
     if len(done) > 1 or (runner.kind is not None and runner.kind.group):
         body["replies"] = [speaker_reply(r, res) for r, res in done]
     return json_response(body)

@@ -1,7 +1,9 @@
 """A scripted local LLM server for tests: OpenAI streaming and Ollama, over real HTTP.
 
 It speaks ``POST /v1/chat/completions`` (SSE when ``stream`` is true, JSON otherwise),
-``GET /v1/models``, Ollama's ``POST /api/chat`` (NDJSON) and ``GET /api/tags``.
+``GET /v1/models``, Ollama's ``POST /api/chat`` (NDJSON) and ``GET /api/tags``, and
+OpenAI's speech-to-text ``POST /v1/audio/transcriptions`` (multipart in; ``json``,
+``verbose_json`` with word times, or ``text`` out), scripted with ``push_transcript``.
 Each chat request consumes the next queued ``Script`` (or the default one), so a
 test says exactly what the "model" does: which tokens, how fast, whether it
 fails, sends garbage, hangs or drops the connection. Every chat request is
@@ -30,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 
 @dataclass
@@ -57,6 +59,39 @@ class Script:
     #: Send a usage block at the end (OpenAI: when ``stream_options.include_usage``).
     usage: bool = True
     finish_reason: str = "stop"
+
+
+@dataclass
+class TranscriptScript:
+    """What the fake speech-to-text server answers for one transcription request."""
+
+    text: str = "Hello there."
+    #: As OpenAI sends it in ``verbose_json`` (a name; some servers send a code).
+    language: str = "english"
+    #: ``(word, start_s, end_s)``; None: the text's words spread evenly over the audio.
+    words: list[tuple[str, float, float]] | None = None
+    #: Seconds before answering.
+    delay_s: float = 0.0
+    #: Answer with this HTTP status and an OpenAI error body instead.
+    status: int = 200
+    error_message: str = "scripted failure"
+    #: Send exactly these bytes (as JSON) instead of a real answer.
+    raw_body: bytes | None = None
+
+
+@dataclass
+class RecordedTranscription:
+    """One transcription request: the form fields and the uploaded file."""
+
+    fields: dict[str, list[str]]
+    file: bytes
+    filename: str | None
+    content_type: str | None
+    started_at: float
+
+    def field(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[0] if values else None
 
 
 @dataclass
@@ -95,6 +130,9 @@ class LLMTestServer:
     def __init__(self) -> None:
         self.scripts: deque[Script] = deque()
         self.default = Script()
+        self.transcript_scripts: deque[TranscriptScript] = deque()
+        self.default_transcript = TranscriptScript()
+        self.transcriptions: list[RecordedTranscription] = []
         self.requests: list[RecordedRequest] = []
         self.models = ["test-model", "other-model"]
         #: Size of the ``/v1/embeddings`` vectors, and every text embedded so far.
@@ -114,6 +152,10 @@ class LLMTestServer:
     def _next_script(self) -> Script:
         return self.scripts.popleft() if self.scripts else self.default
 
+    def push_transcript(self, *scripts: TranscriptScript) -> None:
+        """Queue transcription answers; each request takes the next (then the default)."""
+        self.transcript_scripts.extend(scripts)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -121,6 +163,11 @@ class LLMTestServer:
     @property
     def openai_base(self) -> str:
         """``api_base`` for ``openai/...`` models."""
+        return f"{self.url}/v1"
+
+    @property
+    def stt_base(self) -> str:
+        """``base_url`` for the ``openai`` STT backend (``/v1/audio/transcriptions``)."""
         return f"{self.url}/v1"
 
     @property
@@ -139,6 +186,7 @@ class LLMTestServer:
         app.router.add_post("/v1/embeddings", server._openai_embeddings)
         app.router.add_post("/api/chat", server._ollama_chat)
         app.router.add_get("/api/tags", server._ollama_tags)
+        app.router.add_post("/v1/audio/transcriptions", server._transcribe)
         # handler_cancellation: a client that goes away cancels the handler at once,
         # which is how the server notices (and records) the close promptly.
         server.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -250,6 +298,62 @@ class LLMTestServer:
         finally:
             rec.mark_closed()
 
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's ``/v1/audio/transcriptions``: multipart form in, the chosen format out."""
+        fields: dict[str, list[str]] = {}
+        file = b""
+        filename = content_type = None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "file":
+                    file = await part.read()
+                    filename, content_type = part.filename, part.headers.get("Content-Type")
+                elif part.name:
+                    fields.setdefault(part.name, []).append(await part.text())
+        except (ValueError, AssertionError, KeyError) as exc:
+            return _openai_error(400, f"could not parse multipart form: {exc}")
+        rec = RecordedTranscription(fields, file, filename, content_type, time.perf_counter())
+        self.transcriptions.append(rec)
+        script = (self.transcript_scripts.popleft() if self.transcript_scripts
+                  else self.default_transcript)
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        if not file:
+            return _openai_error(400, "you must provide a file")
+        if not rec.field("model"):
+            return _openai_error(400, "you must provide a model parameter")
+        if script.status != 200:
+            return _openai_error(script.status, script.error_message)
+        if script.raw_body is not None:
+            return web.Response(body=script.raw_body, content_type="application/json")
+        fmt = rec.field("response_format") or "json"
+        if fmt == "text":
+            return web.Response(text=script.text + "\n")
+        if fmt == "json":
+            return web.json_response({"text": script.text})
+        if fmt != "verbose_json":
+            return _openai_error(400, f"response_format {fmt!r} is not supported here")
+        duration = _wav_seconds(file)
+        words = script.words
+        if words is None:
+            split = script.text.split()
+            step = (duration or len(split) * 0.3) / max(len(split), 1)
+            words = [(w, round(i * step, 3), round((i + 1) * step, 3))
+                     for i, w in enumerate(split)]
+        body: dict[str, Any] = {
+            "task": "transcribe", "language": script.language, "duration": duration,
+            "text": script.text,
+            "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration or 0.0,
+                          "text": script.text, "tokens": [], "temperature": 0.0,
+                          "avg_logprob": -0.2, "compression_ratio": 1.0,
+                          "no_speech_prob": 0.01}]}
+        if "word" in fields.get("timestamp_granularities[]", []):
+            body["words"] = [{"word": w, "start": a, "end": b} for w, a, b in words]
+        return web.json_response(body)
+
     async def _openai_models(self, request: web.Request) -> web.Response:
         if self.listing_status != 200:
             return web.json_response({"error": "sick"}, status=self.listing_status)
@@ -286,6 +390,22 @@ class LLMTestServer:
 
 
 # --- wire encoding ----------------------------------------------------------------------------
+
+
+def _openai_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error",
+                                        "param": None, "code": None}}, status=status)
+
+
+def _wav_seconds(data: bytes) -> float | None:
+    """The length of a WAV upload (None for anything else)."""
+    from companion_engine.speech.wav import WavError, wav_info
+
+    try:
+        info = wav_info(data)
+    except WavError:
+        return None
+    return round(info.frames / info.sample_rate, 3) if info.sample_rate else None
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
