@@ -135,6 +135,16 @@ class StoredMessage:
                        created_at=chosen.created_at, meta=dict(chosen.meta),
                        swipes=swipes, swipe_index=index)
 
+    def revised(self, **changes: Any) -> StoredMessage:
+        """This message with new text, status or meta — its chosen swipe too, if it has
+        swipes (an edit or a continuation changes the alternative shown, not the others)."""
+        new = replace(self, **changes)
+        if not self.swipes:
+            return new
+        swipes = list(self.swipes)
+        swipes[self.swipe_index] = new.as_swipe()
+        return new.choose(swipes, self.swipe_index)
+
     def to_json(self) -> dict[str, Any]:
         """The stored form (Redis keeps it as JSON; SQLite in columns)."""
         d: dict[str, Any] = {"id": self.id, "role": self.role, "content": self.content,
@@ -171,12 +181,6 @@ class Conversation:
     def is_group(self) -> bool:
         return len(self.character_ids) > 1
 
-    def head(self) -> dict[str, Any]:
-        """The conversation without its messages (``Change.head`` keys)."""
-        return {"character_id": self.character_id, "character_ids": self.character_ids,
-                "reply_order": self.reply_order, "title": self.title,
-                "branched_from": self.branched_from}
-
 
 @dataclass(slots=True)
 class ConversationSummary:
@@ -197,7 +201,8 @@ class ConversationSummary:
 class Change:
     """What one editing transaction does to a conversation, in this order:
     replace messages by index, drop every message from ``truncate`` on, append,
-    set head fields (``Conversation.head`` keys). The version is bumped once."""
+    set head fields (``title``, ``reply_order``, ``character_ids``, ``character_id``).
+    The version is bumped once."""
 
     replace: dict[int, StoredMessage] = field(default_factory=dict)
     truncate: int | None = None
@@ -318,13 +323,9 @@ class Store(ABC):
 
         def edit(conv: Conversation) -> Change:
             m = _at(conv, index)
-            new = replace(m, content=content, status="complete" if m.status == "error"
-                          else m.status, meta={**m.meta, "edited": True})
-            if m.swipes:
-                swipes = list(m.swipes)
-                swipes[m.swipe_index] = new.as_swipe()
-                new = new.choose(swipes, m.swipe_index)
-            return Change(replace={index: new})
+            return Change(replace={index: m.revised(
+                content=content, status="complete" if m.status == "error" else m.status,
+                meta={**m.meta, "edited": True})})
 
         return await self._transact(conversation_id, edit, expected_version)
 
@@ -383,13 +384,8 @@ class Store(ABC):
 
         def edit(conv: Conversation) -> Change:
             index, m = _by_id(conv, message_id)
-            new = replace(m, content=m.content + text, status=status,
-                          meta={**m.meta, **(meta or {})})
-            if m.swipes:
-                swipes = list(m.swipes)
-                swipes[m.swipe_index] = new.as_swipe()
-                new = new.choose(swipes, m.swipe_index)
-            return Change(replace={index: new})
+            return Change(replace={index: m.revised(
+                content=m.content + text, status=status, meta={**m.meta, **(meta or {})})})
 
         return await self._transact(conversation_id, edit, expected_version)
 

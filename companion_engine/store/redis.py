@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -304,71 +304,82 @@ class RedisStore(Store):
 
     # --- editing ----------------------------------------------------------------------------
 
-    async def _transact(self, conversation_id: str, edit: Edit,
-                        expected_version: int | None) -> Conversation:
-        head_key, msgs_key = self._head(conversation_id), self._messages(conversation_id)
+    async def _optimistic(self, keys: list[str], attempt: Callable[[Any], Awaitable[Any]],
+                          what: str) -> Any:
+        """``attempt(pipe)`` with ``keys`` watched: it reads (immediate mode), calls
+        ``pipe.multi()``, queues its writes and returns the result. When another writer
+        touched a key meanwhile, ``EXEC`` fails and it runs again on what that one left."""
         for _ in range(MAX_RETRIES):
             async with self.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(head_key, msgs_key)
-                head = await pipe.hgetall(head_key)
-                if not head:
-                    raise ConversationNotFound(conversation_id)
-                conv = _conversation(conversation_id, head,
-                                     await pipe.lrange(msgs_key, 0, -1))
-                check_version(conv, expected_version)
-                change = edit(conv)
-                now = time.time()
-                change.append = stamp(change.append, now)
-                after = change.apply(conv, now)
-                pipe.multi()
-                for index, m in change.replace.items():
-                    pipe.lset(msgs_key, index, _encode(m))
-                if change.truncate == 0:
-                    pipe.delete(msgs_key)
-                elif change.truncate is not None:
-                    pipe.ltrim(msgs_key, 0, change.truncate - 1)
-                if change.append:
-                    pipe.rpush(msgs_key, *[_encode(m) for m in change.append])
-                pipe.hset(head_key, mapping={**_head_fields(after), "updated_at": repr(now),
-                                             "version": after.version})
-                pipe.zadd(self._listing(), {conversation_id: now})
-                for gone in set(conv.character_ids) - set(after.character_ids):
-                    pipe.srem(self._member(gone), conversation_id)
-                for new in set(after.character_ids) - set(conv.character_ids):
-                    pipe.sadd(self._member(new), conversation_id)
+                await pipe.watch(*keys)
+                result = await attempt(pipe)
                 try:
                     await pipe.execute()
                 except WatchError:
                     continue  # another writer got there first: read again
-                return after
-        raise RuntimeError(f"conversation {conversation_id}: gave up after {MAX_RETRIES} "
-                           "concurrent writers won the race")
+                return result
+        raise RuntimeError(f"{what}: gave up after {MAX_RETRIES} concurrent writers won the race")
+
+    async def _watched(self, pipe: Any, conversation_id: str) -> Conversation:
+        head = await pipe.hgetall(self._head(conversation_id))
+        if not head:
+            raise ConversationNotFound(conversation_id)
+        return _conversation(conversation_id, head,
+                             await pipe.lrange(self._messages(conversation_id), 0, -1))
+
+    async def _transact(self, conversation_id: str, edit: Edit,
+                        expected_version: int | None) -> Conversation:
+        head_key, msgs_key = self._head(conversation_id), self._messages(conversation_id)
+
+        async def attempt(pipe: Any) -> Conversation:
+            conv = await self._watched(pipe, conversation_id)
+            check_version(conv, expected_version)
+            change = edit(conv)
+            now = time.time()
+            change.append = stamp(change.append, now)
+            after = change.apply(conv, now)
+            pipe.multi()
+            for index, m in change.replace.items():
+                pipe.lset(msgs_key, index, _encode(m))
+            if change.truncate == 0:
+                pipe.delete(msgs_key)
+            elif change.truncate is not None:
+                pipe.ltrim(msgs_key, 0, change.truncate - 1)
+            if change.append:
+                pipe.rpush(msgs_key, *[_encode(m) for m in change.append])
+            pipe.hset(head_key, mapping={**_head_fields(after), "updated_at": repr(now),
+                                         "version": after.version})
+            pipe.zadd(self._listing(), {conversation_id: now})
+            for gone in set(conv.character_ids) - set(after.character_ids):
+                pipe.srem(self._member(gone), conversation_id)
+            for new in set(after.character_ids) - set(conv.character_ids):
+                pipe.sadd(self._member(new), conversation_id)
+            return after
+
+        result: Conversation = await self._optimistic([head_key, msgs_key], attempt,
+                                                      f"conversation {conversation_id}")
+        return result
 
     async def _branch(self, conversation_id: str, new_id: str, at: int,
                       expected_version: int | None) -> Conversation:
-        src_head, src_msgs = self._head(conversation_id), self._messages(conversation_id)
-        src_state, new_head = self._state(conversation_id), self._head(new_id)
-        for _ in range(MAX_RETRIES):
-            async with self.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(src_head, src_msgs, src_state, new_head)
-                head = await pipe.hgetall(src_head)
-                if not head:
-                    raise ConversationNotFound(conversation_id)
-                source = _conversation(conversation_id, head,
-                                       await pipe.lrange(src_msgs, 0, -1))
-                check_version(source, expected_version)
-                if await pipe.exists(new_head):
-                    raise ConversationExists(new_id)
-                state = await pipe.hgetall(src_state)
-                conv = branch_of(source, new_id, at, time.time())
-                pipe.multi()
-                self._write_new(pipe, conv, state)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
-                return conv
-        raise RuntimeError(f"branching {conversation_id}: gave up after {MAX_RETRIES} tries")
+        new_head = self._head(new_id)
+
+        async def attempt(pipe: Any) -> Conversation:
+            source = await self._watched(pipe, conversation_id)
+            check_version(source, expected_version)
+            if await pipe.exists(new_head):
+                raise ConversationExists(new_id)
+            state = await pipe.hgetall(self._state(conversation_id))
+            conv = branch_of(source, new_id, at, time.time())
+            pipe.multi()
+            self._write_new(pipe, conv, state)
+            return conv
+
+        keys = [self._head(conversation_id), self._messages(conversation_id),
+                self._state(conversation_id), new_head]
+        result: Conversation = await self._optimistic(keys, attempt,
+                                                      f"branching {conversation_id}")
+        return result
 
     async def close(self) -> None:
         await self.client.aclose()
