@@ -3,10 +3,12 @@
 A server-managed turn reads its conversation, stores the user's message (before the
 LLM call) and stores the reply (after it). This times those three calls against a
 real SQLite file and a real ``redis-server`` (started here on a free port), for
-conversations of growing length, and an edit (``edit_message`` with a version check)
-and a branch for comparison. Median of ``--repeat`` turns per point. Not an end-to-end
-benchmark: the engine's turn as a user pays for it is measured by the bench package's
-benchmarks; this says which part of it the store is.
+conversations of growing length, an edit (``edit_message`` with a version check), a
+branch, and a cold read (a store that never saw the conversation: another process,
+a restart; the warm turn reads one number, the cold read every message). Median of
+``--repeat`` turns per point. Not an end-to-end benchmark: the engine's turn as a user
+pays for it is measured by the bench package's benchmarks; this says which part of it
+the store is.
 
     .venv/bin/python benchmarks/store_turn.py [--repeat 50] [--lengths 10,500,2000]
 """
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,16 +69,30 @@ async def branch(store: Store, cid: str, i: int) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def measure(name: str, store: Store, lengths: list[int], repeat: int) -> None:
+async def cold(reopen: Callable[[], Awaitable[Store]], cid: str) -> float:
+    """A read by a store that has not seen the conversation (another process, a restart)."""
+    other = await reopen()
+    try:
+        start = time.perf_counter()
+        await other.get_conversation(cid)
+        return (time.perf_counter() - start) * 1000
+    finally:
+        await other.close()
+
+
+async def measure(name: str, store: Store, reopen: Callable[[], Awaitable[Store]],
+                  lengths: list[int], repeat: int) -> None:
     for n in lengths:
         cid = f"{name}-{n}"
         await fill(store, cid, n)
         turns = [await turn(store, cid) for _ in range(repeat)]
         edits = [await edit(store, cid) for _ in range(repeat)]
         branches = [await branch(store, cid, i) for i in range(min(repeat, 20))]
+        colds = [await cold(reopen, cid) for _ in range(min(repeat, 10))]
         print(f"{name:6} {n:5} messages: turn {statistics.median(turns):6.2f} ms "
               f"(read + 2 appends)   edit {statistics.median(edits):6.2f} ms   "
-              f"branch at 5 {statistics.median(branches):6.2f} ms")
+              f"branch at 5 {statistics.median(branches):6.2f} ms   "
+              f"cold read {statistics.median(colds):6.2f} ms")
 
 
 async def main() -> None:
@@ -87,7 +104,8 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     sqlite = await open_store("sqlite:///bench.db", tmp)
     try:
-        await measure("sqlite", sqlite, lengths, args.repeat)
+        await measure("sqlite", sqlite, lambda: open_store("sqlite:///bench.db", tmp), lengths,
+                      args.repeat)
     finally:
         await sqlite.close()
     server = shutil.which("redis-server")
@@ -105,9 +123,10 @@ async def main() -> None:
                 break
             except OSError:
                 await asyncio.sleep(0.05)
-        redis = await open_store(f"redis://127.0.0.1:{port}/0", tmp)
+        url = f"redis://127.0.0.1:{port}/0"
+        redis = await open_store(url, tmp)
         try:
-            await measure("redis", redis, lengths, args.repeat)
+            await measure("redis", redis, lambda: open_store(url, tmp), lengths, args.repeat)
         finally:
             await redis.close()
     finally:

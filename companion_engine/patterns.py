@@ -26,3 +26,10 @@ def check_voice_name(v: str | None) -> str | None:
         raise ValueError("voice must be a voice name (letters, digits, _ . + ( ) - and "
                          "spaces), not a path")
     return v
+
+
+def check_model_name(v: str | None) -> str | None:
+    """A ``provider/model`` string in the shape ``MODEL_NAME`` allows."""
+    if v is not None and not MODEL_NAME.fullmatch(v):
+        raise ValueError("not a valid model name (provider/model, e.g. ollama_chat/llama3.2)")
+    return v

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -332,3 +333,57 @@ async def test_random_edits_match_the_model(store: Store, ops: list[tuple]) -> N
         got = [(m.role, m.content, [s.content for s in m.swipes] or [m.content])
                for m in conv.messages]
         assert got == model.view()
+
+
+# --- the cache of parsed conversations -----------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def two_instances(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Two stores on the same data, as two engine processes would be."""
+    from companion_engine.store import open_store
+
+    if request.param == "sqlite":
+        url = "sqlite:///data/shared.db"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?prefix={unique('two')}:"
+    a, b = await open_store(url, tmp_path), await open_store(url, tmp_path)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_cached_conversation_follows_every_writer(two_instances: Any) -> None:
+    a, b = two_instances
+    await seeded(a, "k1", *CHAT)
+    loads = 0
+    real_load = a._load
+
+    async def counting(cid: str) -> Any:
+        nonlocal loads
+        loads += 1
+        return await real_load(cid)
+
+    a._load = counting
+    first = await a.get_conversation("k1")
+    # this instance's own writes keep its copy current: no re-read of the messages
+    await a.append_messages("k1", [StoredMessage("user", "more")], character_id=None)
+    await a.edit_message("k1", 0, "Hi!", expected_version=None)
+    mine = await a.get_conversation("k1")
+    assert loads == 0 and first is not None and mine is not None
+    assert contents(mine) == ["Hi!", *contents(first)[1:], "more"]
+    # another instance's writes are seen (the version moved): read again
+    await b.append_messages("k1", [StoredMessage("assistant", "from b")], character_id=None)
+    seen = await a.get_conversation("k1")
+    assert contents(seen)[-1] == "from b" and loads == 1
+    await b.delete_messages("k1", 1, expected_version=None)
+    assert contents(await a.get_conversation("k1")) == ["Hi!"]
+    # a snapshot is the caller's to change
+    snap = await a.get_conversation("k1")
+    assert snap is not None
+    snap.messages.clear()
+    assert contents(await a.get_conversation("k1")) == ["Hi!"]
+    await b.delete_conversation("k1")
+    assert await a.get_conversation("k1") is None

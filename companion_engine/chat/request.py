@@ -12,6 +12,7 @@ from companion_engine.patterns import (
     MODEL_NAME,
     VOICE_NAME,
     AudioFormat,
+    check_model_name,
     check_voice_name,
 )
 
@@ -79,12 +80,7 @@ class ChatRequest(BaseModel):
     def _voice(cls, v: str | None) -> str | None:
         return check_voice_name(v)
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str | None) -> str | None:
-        if v is not None and not MODEL_NAME.fullmatch(v):
-            raise ValueError("not a valid model name (provider/model, e.g. ollama_chat/llama3.2)")
-        return v
+    _model = field_validator("model")(check_model_name)
 
     @model_validator(mode="after")
     def _one_history(self) -> ChatRequest:

@@ -275,11 +275,7 @@ def group_speakers(engine: Engine, config: ConversationConfig, conversation: Con
     """Who answers a user's message in a group chat, in order (``requested``: that one)."""
     members = members_of(engine, conversation)
     if requested is not None:
-        chosen = next((m for m in members if m.id == requested), None)
-        if chosen is None:
-            raise ApiError(422, f"character {requested} is not in conversation "
-                                f"{conversation.id} ({', '.join(conversation.character_ids)})")
-        return [chosen]
+        return [member(members, conversation, requested)]
     return speakers(conversation.reply_order, members, text,
                     last_speaker=last_speaker(conversation), user_input=True,
                     allow_self_responses=config.allow_self_responses, rng=rng)
@@ -293,6 +289,16 @@ def members_of(engine: Engine, conversation: Conversation) -> list[Character]:
         if card is not None:
             out.append(card)
     return out
+
+
+def member(members: Sequence[Character], conversation: Conversation,
+           character_id: str) -> Character:
+    """The member ``character_id`` of the conversation; 422 when it is not one."""
+    found = next((m for m in members if m.id == character_id), None)
+    if found is None:
+        raise ApiError(422, f"character {character_id} is not in conversation "
+                            f"{conversation.id} ({', '.join(conversation.character_ids)})")
+    return found
 
 
 def last_speaker(conversation: Conversation) -> str | None:
@@ -416,11 +422,9 @@ async def reply_turn(engine: Engine, pipeline: Pipeline, conversation: Conversat
                      character_id: str | None, options: TurnOptions) -> PlannedTurn:
     """One character speaks (``character_id``, else the one the reply order picks)."""
     members = members_of(engine, conversation)
+    speaker: Character | None
     if character_id is not None:
-        speaker = next((m for m in members if m.id == character_id), None)
-        if speaker is None:
-            raise ApiError(422, f"character {character_id} is not in conversation "
-                                f"{conversation.id} ({', '.join(conversation.character_ids)})")
+        speaker = member(members, conversation, character_id)
     else:
         config = pipeline.profile.conversation
         text = conversation.messages[-1].content if conversation.messages else ""

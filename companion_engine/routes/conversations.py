@@ -34,8 +34,8 @@ from companion_engine.openapi import ApiRoutes, json_response, parse_model, read
 from companion_engine.patterns import (
     CHARACTER_ID,
     CONVERSATION_ID,
-    MODEL_NAME,
     AudioFormat,
+    check_model_name,
     check_voice_name,
 )
 from companion_engine.routes.chat import SSE_DOC
@@ -242,13 +242,7 @@ class TurnRequest(Body):
     audio_format: AudioFormat | None = None
     chunked_audio: bool | None = None
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str | None) -> str | None:
-        if v is not None and not MODEL_NAME.fullmatch(v):
-            raise ValueError("not a valid model name (provider/model, e.g. ollama_chat/llama3.2)")
-        return v
-
+    _model = field_validator("model")(check_model_name)
     _voice = field_validator("voice")(check_voice_name)
 
 

@@ -20,8 +20,10 @@ edit stale.
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -135,6 +137,16 @@ class StoredMessage:
                        created_at=chosen.created_at, meta=dict(chosen.meta),
                        swipes=swipes, swipe_index=index)
 
+    def revised(self, **changes: Any) -> StoredMessage:
+        """This message with new text, status or meta — its chosen swipe too, if it has
+        swipes (an edit or a continuation changes the alternative shown, not the others)."""
+        new = replace(self, **changes)
+        if not self.swipes:
+            return new
+        swipes = list(self.swipes)
+        swipes[self.swipe_index] = new.as_swipe()
+        return new.choose(swipes, self.swipe_index)
+
     def to_json(self) -> dict[str, Any]:
         """The stored form (Redis keeps it as JSON; SQLite in columns)."""
         d: dict[str, Any] = {"id": self.id, "role": self.role, "content": self.content,
@@ -171,12 +183,6 @@ class Conversation:
     def is_group(self) -> bool:
         return len(self.character_ids) > 1
 
-    def head(self) -> dict[str, Any]:
-        """The conversation without its messages (``Change.head`` keys)."""
-        return {"character_id": self.character_id, "character_ids": self.character_ids,
-                "reply_order": self.reply_order, "title": self.title,
-                "branched_from": self.branched_from}
-
 
 @dataclass(slots=True)
 class ConversationSummary:
@@ -197,7 +203,8 @@ class ConversationSummary:
 class Change:
     """What one editing transaction does to a conversation, in this order:
     replace messages by index, drop every message from ``truncate`` on, append,
-    set head fields (``Conversation.head`` keys). The version is bumped once."""
+    set head fields (``title``, ``reply_order``, ``character_ids``, ``character_id``).
+    The version is bumped once."""
 
     replace: dict[int, StoredMessage] = field(default_factory=dict)
     truncate: int | None = None
@@ -228,9 +235,24 @@ def stamp(messages: Sequence[StoredMessage], now: float) -> list[StoredMessage]:
 Edit = Callable[[Conversation], Change]
 
 
+#: Parsed conversations kept in memory (``Store.get_conversation``): at most this many,
+#: holding at most this many messages between them.
+CACHE_SIZE = 256
+CACHE_MESSAGES = 100_000
+
+
+def snapshot(conv: Conversation) -> Conversation:
+    """A copy whose lists a caller may change without touching the cached one."""
+    return replace(conv, messages=list(conv.messages), character_ids=list(conv.character_ids))
+
+
 class Store(ABC):
     """Conversations, their per-conversation state, and a tiny key/value area for server
     state (e.g. the active character)."""
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, Conversation] = OrderedDict()
+        self._cached_messages = 0
 
     # --- settings -------------------------------------------------------------------------
 
@@ -250,9 +272,8 @@ class Store(ABC):
     async def set_setting(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value; ``None`` deletes the key."""
 
-    # --- conversations: the backend primitives --------------------------------------------
+    # --- conversations ----------------------------------------------------------------------
 
-    @abstractmethod
     async def append_messages(
         self, conversation_id: str, messages: list[StoredMessage], *,
         character_id: str | None, opening: Sequence[StoredMessage] = (),
@@ -261,26 +282,102 @@ class Store(ABC):
         return its new version. ``opening`` (a greeting) is written before ``messages``
         only while the conversation has no messages (new, or emptied by an edit): of
         concurrent first turns, exactly one stores it."""
+        now = time.time()
+        written, opened = stamp(messages, now), stamp(opening, now)
+        version, with_opening = await self._append(conversation_id, written,
+                                                   character_id=character_id,
+                                                   opening=opened, now=now)
+        cached = self._cache.get(conversation_id)
+        if cached is not None and cached.version == version - 1:
+            added = [*opened, *written] if with_opening else written
+            self._remember(replace(cached, messages=[*cached.messages, *added],
+                                   version=version, updated_at=now))
+        else:
+            self._cache.pop(conversation_id, None)
+        return version
 
-    @abstractmethod
     async def create_conversation(
         self, conversation: Conversation, *, state: dict[str, Any] | None = None,
     ) -> Conversation:
         """Create ``conversation`` with its messages (and ``state``) in one transaction;
         ``ConversationExists`` if the id is taken. Returns it as stored (ids, version 1)."""
+        conv = fresh(conversation, time.time())
+        await self._create(conv, state or {})
+        self._remember(conv)
+        return snapshot(conv)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        """The conversation as stored, or None. The result is a snapshot to read: do not
+        change its messages in place (they may be shared with the store's cache).
+
+        Recently used conversations are kept parsed in memory and read again only when
+        their ``version`` moved (another process or instance wrote): a turn on a long
+        conversation reads one number, not every message."""
+        cached = self._cache.get(conversation_id)
+        if cached is not None:
+            version = await self._version(conversation_id)
+            if version == cached.version:
+                self._cache.move_to_end(conversation_id)
+                return snapshot(cached)
+        conv = await self._load(conversation_id)
+        if conv is None:
+            self._cache.pop(conversation_id, None)
+            return None
+        # Kept only if nothing was written while it was read (a read in two steps may see
+        # messages newer than its version; versions only grow, so this catches it).
+        if await self._version(conversation_id) == conv.version:
+            self._remember(conv)
+        return snapshot(conv)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a conversation with its state; False when there was none."""
+        self._cache.pop(conversation_id, None)
+        return await self._delete(conversation_id)
+
+    def _cached(self, conversation_id: str, version: int | None) -> Conversation | None:
+        """The cached conversation if it is at ``version`` (for a transaction that read the
+        version under its lock: then the cache is the conversation as stored)."""
+        cached = self._cache.get(conversation_id)
+        return cached if cached is not None and cached.version == version else None
+
+    def _remember(self, conv: Conversation) -> None:
+        cache = self._cache
+        old = cache.pop(conv.id, None)
+        self._cached_messages += len(conv.messages) - (len(old.messages) if old else 0)
+        cache[conv.id] = conv
+        while cache and (self._cached_messages > CACHE_MESSAGES or len(cache) > CACHE_SIZE):
+            _, dropped = cache.popitem(last=False)
+            self._cached_messages -= len(dropped.messages)
+
+    # --- the backend primitives --------------------------------------------------------
 
     @abstractmethod
-    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def _append(self, conversation_id: str, messages: list[StoredMessage], *,
+                      character_id: str | None, opening: list[StoredMessage], now: float
+                      ) -> tuple[int, bool]:
+        """Write ``append_messages`` (messages stamped); return the new version and
+        whether the opening was written."""
+
+    @abstractmethod
+    async def _create(self, conversation: Conversation, state: dict[str, Any]) -> None:
+        """Write a whole new conversation (``ConversationExists`` if the id is taken)."""
+
+    @abstractmethod
+    async def _load(self, conversation_id: str) -> Conversation | None:
+        """Read a conversation with all its messages."""
+
+    @abstractmethod
+    async def _version(self, conversation_id: str) -> int | None:
+        """A conversation's version (None: no such conversation); one small read."""
+
+    @abstractmethod
+    async def _delete(self, conversation_id: str) -> bool: ...
 
     @abstractmethod
     async def list_conversations(
         self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
     ) -> list[ConversationSummary]:
         """Newest first (``updated_at``); ``character_id`` keeps those it takes part in."""
-
-    @abstractmethod
-    async def delete_conversation(self, conversation_id: str) -> bool:
-        """Delete a conversation with its state; False when there was none."""
 
     @abstractmethod
     async def get_state(self, conversation_id: str) -> dict[str, Any]:
@@ -318,21 +415,17 @@ class Store(ABC):
 
         def edit(conv: Conversation) -> Change:
             m = _at(conv, index)
-            new = replace(m, content=content, status="complete" if m.status == "error"
-                          else m.status, meta={**m.meta, "edited": True})
-            if m.swipes:
-                swipes = list(m.swipes)
-                swipes[m.swipe_index] = new.as_swipe()
-                new = new.choose(swipes, m.swipe_index)
-            return Change(replace={index: new})
+            return Change(replace={index: m.revised(
+                content=content, status="complete" if m.status == "error" else m.status,
+                meta={**m.meta, "edited": True})})
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def add_message(self, conversation_id: str, message: StoredMessage, *,
                           expected_version: int | None) -> Conversation:
         """Append one message to an existing conversation (``ConversationNotFound`` else)."""
-        return await self._transact(conversation_id, lambda conv: Change(append=[message]),
-                                    expected_version)
+        return await self._edited(conversation_id, lambda conv: Change(append=[message]),
+                                  expected_version)
 
     async def delete_messages(self, conversation_id: str, start: int, *,
                               expected_version: int | None) -> Conversation:
@@ -342,7 +435,7 @@ class Store(ABC):
             _at(conv, start)
             return Change(truncate=start)
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def choose_swipe(self, conversation_id: str, index: int, swipe_index: int, *,
                            expected_version: int | None) -> Conversation:
@@ -359,7 +452,7 @@ class Store(ABC):
                                       f"swipe {swipe_index}")
             return Change(replace={index: m.choose(swipes, swipe_index)})
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def add_swipe(self, conversation_id: str, message_id: str, reply: StoredMessage, *,
                         expected_version: int | None = None) -> Conversation:
@@ -374,7 +467,7 @@ class Store(ABC):
                                 dict(reply.meta)))
             return Change(replace={index: m.choose(swipes, len(swipes) - 1)})
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def extend_message(self, conversation_id: str, message_id: str, text: str, *,
                              status: MessageStatus, meta: dict[str, Any] | None = None,
@@ -383,15 +476,10 @@ class Store(ABC):
 
         def edit(conv: Conversation) -> Change:
             index, m = _by_id(conv, message_id)
-            new = replace(m, content=m.content + text, status=status,
-                          meta={**m.meta, **(meta or {})})
-            if m.swipes:
-                swipes = list(m.swipes)
-                swipes[m.swipe_index] = new.as_swipe()
-                new = new.choose(swipes, m.swipe_index)
-            return Change(replace={index: new})
+            return Change(replace={index: m.revised(
+                content=m.content + text, status=status, meta={**m.meta, **(meta or {})})})
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def update_conversation(self, conversation_id: str, *,
                                   expected_version: int | None,
@@ -409,7 +497,7 @@ class Store(ABC):
                 change.head["character_id"] = head["character_ids"][0]
             return change
 
-        return await self._transact(conversation_id, edit, expected_version)
+        return await self._edited(conversation_id, edit, expected_version)
 
     async def branch(self, conversation_id: str, at: int, *, new_id: str | None = None,
                      expected_version: int | None = None) -> Conversation:
@@ -417,8 +505,21 @@ class Store(ABC):
         "branch here") and a copy of the state (lorebook timed effects included)."""
         if at < 0:
             raise MessageNotFound(f"no message {at}")
-        return await self._branch(conversation_id, new_id or uuid.uuid4().hex, at,
+        made = await self._branch(conversation_id, new_id or uuid.uuid4().hex, at,
                                   expected_version)
+        self._remember(made)
+        return snapshot(made)
+
+    async def _edited(self, conversation_id: str, edit: Edit,
+                      expected_version: int | None) -> Conversation:
+        """``_transact``, and the cache keeps what it wrote."""
+        try:
+            after = await self._transact(conversation_id, edit, expected_version)
+        except ConversationNotFound:
+            self._cache.pop(conversation_id, None)
+            raise
+        self._remember(after)
+        return snapshot(after)
 
 
 def _at(conv: Conversation, index: int) -> StoredMessage:

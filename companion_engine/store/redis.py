@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,7 +39,6 @@ from companion_engine.store.base import (
     StoredMessage,
     branch_of,
     check_version,
-    fresh,
     stamp,
 )
 
@@ -65,18 +64,20 @@ if created == 1 then
 else
   i = i + 2 * n_fields
 end
+local opened = 0
 if n_open > 0 and redis.call('LLEN', msgs) == 0 then
   for _ = 1, n_open do
     redis.call('RPUSH', msgs, ARGV[i])
     i = i + 1
   end
+  opened = 1
 else
   i = i + n_open
 end
 for j = i, #ARGV do redis.call('RPUSH', msgs, ARGV[j]) end
 redis.call('HSET', head, 'updated_at', now)
 redis.call('ZADD', KEYS[3], now, id)
-return redis.call('HINCRBY', head, 'version', 1)
+return {redis.call('HINCRBY', head, 'version', 1), opened}
 """
 
 
@@ -104,9 +105,10 @@ def _conversation(conversation_id: str, head: dict[str, str], raw: list[str]) ->
 
 class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__()
         self.client = client
         self.prefix = prefix
-        self._append = client.register_script(APPEND)
+        self._append_script = client.register_script(APPEND)
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
@@ -182,28 +184,23 @@ class RedisStore(Store):
 
     # --- conversations ----------------------------------------------------------------------
 
-    async def append_messages(
-        self, conversation_id: str, messages: list[StoredMessage], *,
-        character_id: str | None, opening: Sequence[StoredMessage] = (),
-    ) -> int:
-        now = time.time()
-        encoded = [_encode(m) for m in stamp(messages, now)]
-        opened = [_encode(m) for m in stamp(opening, now)]
+    async def _append(self, conversation_id: str, messages: list[StoredMessage], *,
+                      character_id: str | None, opening: list[StoredMessage], now: float
+                      ) -> tuple[int, bool]:
+        encoded = [_encode(m) for m in messages]
+        opened = [_encode(m) for m in opening]
         fields = {"character_id": json.dumps(character_id),
                   "character_ids": json.dumps([character_id] if character_id else [])}
         members = [self._member(character_id)] if character_id else []
-        version = await self._append(
+        version, with_opening = await self._append_script(
             keys=[self._head(conversation_id), self._messages(conversation_id),
                   self._listing(), *members],
             args=[repr(now), conversation_id, len(fields), len(opened),
                   *[x for kv in fields.items() for x in kv], *opened, *encoded])
-        return int(version)
+        return int(version), bool(int(with_opening))
 
-    async def create_conversation(
-        self, conversation: Conversation, *, state: dict[str, Any] | None = None,
-    ) -> Conversation:
-        conv = fresh(conversation, time.time())
-        state_fields = _state_fields(state or {})
+    async def _create(self, conv: Conversation, state: dict[str, Any]) -> None:
+        state_fields = _state_fields(state)
         head_key = self._head(conv.id)
         async with self.client.pipeline(transaction=True) as pipe:
             await pipe.watch(head_key)
@@ -215,7 +212,6 @@ class RedisStore(Store):
                 await pipe.execute()
             except WatchError:
                 raise ConversationExists(conv.id) from None
-        return conv
 
     def _write_new(self, pipe: Any, conv: Conversation, state_fields: dict[str, str]) -> None:
         """Queue the writes of a whole new conversation on a ``MULTI`` pipeline."""
@@ -231,7 +227,17 @@ class RedisStore(Store):
         for character_id in conv.character_ids:
             pipe.sadd(self._member(character_id), conv.id)
 
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+    async def _version(self, conversation_id: str) -> int | None:
+        head_key = self._head(conversation_id)
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.hget(head_key, "version")
+            tx.exists(head_key)
+            version, exists = await tx.execute()
+        if not exists:
+            return None
+        return int(version) if version is not None else 1
+
+    async def _load(self, conversation_id: str) -> Conversation | None:
         async with self.client.pipeline(transaction=True) as tx:
             tx.hgetall(self._head(conversation_id))
             tx.lrange(self._messages(conversation_id), 0, -1)
@@ -271,7 +277,7 @@ class RedisStore(Store):
                 StoredMessage.from_json(json.loads(last)) if last else None))
         return out
 
-    async def delete_conversation(self, conversation_id: str) -> bool:
+    async def _delete(self, conversation_id: str) -> bool:
         head_key = self._head(conversation_id)
         head = await self.client.hgetall(head_key)
         members = _conversation(conversation_id, head, []).character_ids if head else []
@@ -304,71 +310,88 @@ class RedisStore(Store):
 
     # --- editing ----------------------------------------------------------------------------
 
-    async def _transact(self, conversation_id: str, edit: Edit,
-                        expected_version: int | None) -> Conversation:
-        head_key, msgs_key = self._head(conversation_id), self._messages(conversation_id)
+    async def _optimistic(self, keys: list[str], attempt: Callable[[Any], Awaitable[Any]],
+                          what: str) -> Any:
+        """``attempt(pipe)`` with ``keys`` watched: it reads (immediate mode), calls
+        ``pipe.multi()``, queues its writes and returns the result. When another writer
+        touched a key meanwhile, ``EXEC`` fails and it runs again on what that one left."""
         for _ in range(MAX_RETRIES):
             async with self.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(head_key, msgs_key)
-                head = await pipe.hgetall(head_key)
-                if not head:
-                    raise ConversationNotFound(conversation_id)
-                conv = _conversation(conversation_id, head,
-                                     await pipe.lrange(msgs_key, 0, -1))
-                check_version(conv, expected_version)
-                change = edit(conv)
-                now = time.time()
-                change.append = stamp(change.append, now)
-                after = change.apply(conv, now)
-                pipe.multi()
-                for index, m in change.replace.items():
-                    pipe.lset(msgs_key, index, _encode(m))
-                if change.truncate == 0:
-                    pipe.delete(msgs_key)
-                elif change.truncate is not None:
-                    pipe.ltrim(msgs_key, 0, change.truncate - 1)
-                if change.append:
-                    pipe.rpush(msgs_key, *[_encode(m) for m in change.append])
-                pipe.hset(head_key, mapping={**_head_fields(after), "updated_at": repr(now),
-                                             "version": after.version})
-                pipe.zadd(self._listing(), {conversation_id: now})
-                for gone in set(conv.character_ids) - set(after.character_ids):
-                    pipe.srem(self._member(gone), conversation_id)
-                for new in set(after.character_ids) - set(conv.character_ids):
-                    pipe.sadd(self._member(new), conversation_id)
+                await pipe.watch(*keys)
+                result = await attempt(pipe)
                 try:
                     await pipe.execute()
                 except WatchError:
                     continue  # another writer got there first: read again
-                return after
-        raise RuntimeError(f"conversation {conversation_id}: gave up after {MAX_RETRIES} "
-                           "concurrent writers won the race")
+                return result
+        raise RuntimeError(f"{what}: gave up after {MAX_RETRIES} concurrent writers won the race")
+
+    async def _watched(self, pipe: Any, conversation_id: str) -> Conversation:
+        """The watched conversation: from the cache when it is at the stored version (a
+        write meanwhile makes ``EXEC`` fail), else read."""
+        version = await pipe.hget(self._head(conversation_id), "version")
+        cached = self._cached(conversation_id, int(version) if version else None)
+        if cached is not None:
+            return cached
+        head = await pipe.hgetall(self._head(conversation_id))
+        if not head:
+            raise ConversationNotFound(conversation_id)
+        return _conversation(conversation_id, head,
+                             await pipe.lrange(self._messages(conversation_id), 0, -1))
+
+    async def _transact(self, conversation_id: str, edit: Edit,
+                        expected_version: int | None) -> Conversation:
+        head_key, msgs_key = self._head(conversation_id), self._messages(conversation_id)
+
+        async def attempt(pipe: Any) -> Conversation:
+            conv = await self._watched(pipe, conversation_id)
+            check_version(conv, expected_version)
+            change = edit(conv)
+            now = time.time()
+            change.append = stamp(change.append, now)
+            after = change.apply(conv, now)
+            pipe.multi()
+            for index, m in change.replace.items():
+                pipe.lset(msgs_key, index, _encode(m))
+            if change.truncate == 0:
+                pipe.delete(msgs_key)
+            elif change.truncate is not None:
+                pipe.ltrim(msgs_key, 0, change.truncate - 1)
+            if change.append:
+                pipe.rpush(msgs_key, *[_encode(m) for m in change.append])
+            pipe.hset(head_key, mapping={**_head_fields(after), "updated_at": repr(now),
+                                         "version": after.version})
+            pipe.zadd(self._listing(), {conversation_id: now})
+            for gone in set(conv.character_ids) - set(after.character_ids):
+                pipe.srem(self._member(gone), conversation_id)
+            for new in set(after.character_ids) - set(conv.character_ids):
+                pipe.sadd(self._member(new), conversation_id)
+            return after
+
+        result: Conversation = await self._optimistic([head_key, msgs_key], attempt,
+                                                      f"conversation {conversation_id}")
+        return result
 
     async def _branch(self, conversation_id: str, new_id: str, at: int,
                       expected_version: int | None) -> Conversation:
-        src_head, src_msgs = self._head(conversation_id), self._messages(conversation_id)
-        src_state, new_head = self._state(conversation_id), self._head(new_id)
-        for _ in range(MAX_RETRIES):
-            async with self.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(src_head, src_msgs, src_state, new_head)
-                head = await pipe.hgetall(src_head)
-                if not head:
-                    raise ConversationNotFound(conversation_id)
-                source = _conversation(conversation_id, head,
-                                       await pipe.lrange(src_msgs, 0, -1))
-                check_version(source, expected_version)
-                if await pipe.exists(new_head):
-                    raise ConversationExists(new_id)
-                state = await pipe.hgetall(src_state)
-                conv = branch_of(source, new_id, at, time.time())
-                pipe.multi()
-                self._write_new(pipe, conv, state)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
-                return conv
-        raise RuntimeError(f"branching {conversation_id}: gave up after {MAX_RETRIES} tries")
+        new_head = self._head(new_id)
+
+        async def attempt(pipe: Any) -> Conversation:
+            source = await self._watched(pipe, conversation_id)
+            check_version(source, expected_version)
+            if await pipe.exists(new_head):
+                raise ConversationExists(new_id)
+            state = await pipe.hgetall(self._state(conversation_id))
+            conv = branch_of(source, new_id, at, time.time())
+            pipe.multi()
+            self._write_new(pipe, conv, state)
+            return conv
+
+        keys = [self._head(conversation_id), self._messages(conversation_id),
+                self._state(conversation_id), new_head]
+        result: Conversation = await self._optimistic(keys, attempt,
+                                                      f"branching {conversation_id}")
+        return result
 
     async def close(self) -> None:
         await self.client.aclose()

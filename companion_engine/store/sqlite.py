@@ -35,7 +35,6 @@ from companion_engine.store.base import (
     Swipe,
     branch_of,
     check_version,
-    fresh,
     stamp,
 )
 
@@ -133,6 +132,7 @@ async def _all(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -
 class SQLiteStore(Store):
     def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection | None = None
                  ) -> None:
+        super().__init__()
         self.db = db
         #: Reads see only committed data (a second connection; the same one for ``:memory:``).
         self.reader = reader or db
@@ -208,15 +208,13 @@ class SQLiteStore(Store):
 
     # --- conversations ----------------------------------------------------------------------
 
-    async def append_messages(
-        self, conversation_id: str, messages: list[StoredMessage], *,
-        character_id: str | None, opening: Sequence[StoredMessage] = (),
-    ) -> int:
-        now = time.time()
-        rows = [_message_row(conversation_id, m) for m in stamp(messages, now)]
-        opening_rows = [_message_row(conversation_id, m) for m in stamp(opening, now)]
+    async def _append(self, conversation_id: str, messages: list[StoredMessage], *,
+                      character_id: str | None, opening: list[StoredMessage], now: float
+                      ) -> tuple[int, bool]:
+        rows = [_message_row(conversation_id, m) for m in messages]
+        opening_rows = [_message_row(conversation_id, m) for m in opening]
 
-        async def work() -> int:
+        async def work() -> tuple[int, bool]:
             # One statement creates the conversation or bumps it: a new one is version 1.
             row = await _one(
                 self.db,
@@ -233,18 +231,15 @@ class SQLiteStore(Store):
                 if row and row[0]:
                     opened = []
             await self.db.executemany(INSERT_MESSAGE, opened + rows)
-            return version
+            return version, bool(opened)
 
-        return int(await self._transaction(work))
+        result: tuple[int, bool] = await self._transaction(work)
+        return result
 
-    async def create_conversation(
-        self, conversation: Conversation, *, state: dict[str, Any] | None = None,
-    ) -> Conversation:
-        now = time.time()
-        conv = fresh(conversation, now)
-        state_rows = _state_rows(conv.id, state or {})
+    async def _create(self, conv: Conversation, state: dict[str, Any]) -> None:
+        state_rows = _state_rows(conv.id, state)
 
-        async def work() -> Conversation:
+        async def work() -> None:
             if await _one(self.db, "SELECT 1 FROM conversations WHERE id = ?", (conv.id,)):
                 raise ConversationExists(conv.id)
             await self._insert(conv)
@@ -253,10 +248,8 @@ class SQLiteStore(Store):
             await self.db.executemany(
                 "INSERT INTO conversation_state(conversation_id, key, value) VALUES(?, ?, ?)",
                 state_rows)
-            return conv
 
-        result: Conversation = await self._transaction(work)
-        return result
+        await self._transaction(work)
 
     async def _insert(self, conv: Conversation) -> None:
         await self.db.execute(
@@ -268,22 +261,25 @@ class SQLiteStore(Store):
         await self.db.executemany(INSERT_MESSAGE,
                                   [_message_row(conv.id, m) for m in conv.messages])
 
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        conv, _ = await self._read(self.reader, conversation_id)
-        return conv
+    async def _load(self, conversation_id: str) -> Conversation | None:
+        return await self._read(self.reader, conversation_id)
+
+    async def _version(self, conversation_id: str) -> int | None:
+        row = await _one(self.reader, "SELECT version FROM conversations WHERE id = ?",
+                         (conversation_id,))
+        return int(row[0]) if row else None
 
     async def _read(self, db: aiosqlite.Connection, conversation_id: str
-                    ) -> tuple[Conversation | None, list[int]]:
-        """The head, then its messages (with the row ids the editing transaction addresses
-        them by). Two statements: a write may commit between them, so the messages may be
-        newer than the head's ``version`` says — never older, so an edit based on this read
-        can only be refused as stale, never applied over a change it did not see. Inside a
-        write transaction (``_transact``) nothing can commit in between."""
+                    ) -> Conversation | None:
+        """The head, then its messages. Two statements: a write may commit between them,
+        so the messages may be newer than the head's ``version`` says — never older, so
+        an edit based on this read can only be refused as stale, never applied over a
+        change it did not see (and the cache keeps only a read whose version held)."""
         head = await _one(db, READ_HEAD, (conversation_id,))
         if head is None:
-            return None, []
+            return None
         rows = await _all(db, READ_MESSAGES, (conversation_id,))
-        return _head(head, [_message(r) for r in rows]), [r[0] for r in rows]
+        return _head(head, [_message(r) for r in rows])
 
     async def list_conversations(
         self, *, character_id: str | None = None, limit: int = 50, offset: int = 0,
@@ -310,7 +306,7 @@ class SQLiteStore(Store):
                                            head.version, int(r[9]), last))
         return out
 
-    async def delete_conversation(self, conversation_id: str) -> bool:
+    async def _delete(self, conversation_id: str) -> bool:
         async def work() -> bool:
             await self.db.execute("DELETE FROM conversation_state WHERE conversation_id = ?",
                                   (conversation_id,))
@@ -345,25 +341,38 @@ class SQLiteStore(Store):
 
     # --- editing --------------------------------------------------------------------------
 
+    async def _current(self, conversation_id: str) -> Conversation:
+        """The conversation inside a write transaction: from the cache when it is at the
+        stored version (nothing can commit meanwhile), else read."""
+        head = await _one(self.db, READ_HEAD, (conversation_id,))
+        if head is None:
+            raise ConversationNotFound(conversation_id)
+        cached = self._cached(conversation_id, int(head[4]))
+        if cached is not None:
+            return cached
+        rows = await _all(self.db, READ_MESSAGES, (conversation_id,))
+        return _head(head, [_message(r) for r in rows])
+
     async def _transact(self, conversation_id: str, edit: Edit,
                         expected_version: int | None) -> Conversation:
         async def work() -> Conversation:
-            conv, rowids = await self._read(self.db, conversation_id)
-            if conv is None:
-                raise ConversationNotFound(conversation_id)
+            conv = await self._current(conversation_id)
             check_version(conv, expected_version)
             change = edit(conv)
             now = time.time()
             change.append = stamp(change.append, now)
-            for index, m in change.replace.items():
+            # Messages are addressed by their id (``uid``), unique in a conversation.
+            await self.db.executemany(
+                "UPDATE messages SET role = ?, content = ?, status = ?, created_at = ?, "
+                "meta = ?, uid = ?, swipes = ?, swipe_index = ? "
+                "WHERE conversation_id = ? AND uid = ?",
+                [(*_message_row(conversation_id, m)[1:], conversation_id,
+                  conv.messages[index].id) for index, m in change.replace.items()])
+            if change.truncate is not None and change.truncate < len(conv.messages):
                 await self.db.execute(
-                    "UPDATE messages SET role = ?, content = ?, status = ?, created_at = ?, "
-                    "meta = ?, uid = ?, swipes = ?, swipe_index = ? WHERE id = ?",
-                    (*_message_row(conversation_id, m)[1:], rowids[index]))
-            if change.truncate is not None and change.truncate < len(rowids):
-                await self.db.execute(
-                    "DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
-                    (conversation_id, rowids[change.truncate]))
+                    "DELETE FROM messages WHERE conversation_id = ? AND id >= (SELECT id FROM "
+                    "messages WHERE conversation_id = ? AND uid = ?)",
+                    (conversation_id, conversation_id, conv.messages[change.truncate].id))
             await self.db.executemany(INSERT_MESSAGE, [_message_row(conversation_id, m)
                                                        for m in change.append])
             after = change.apply(conv, now)
@@ -380,9 +389,7 @@ class SQLiteStore(Store):
     async def _branch(self, conversation_id: str, new_id: str, at: int,
                       expected_version: int | None) -> Conversation:
         async def work() -> Conversation:
-            source, _ = await self._read(self.db, conversation_id)
-            if source is None:
-                raise ConversationNotFound(conversation_id)
+            source = await self._current(conversation_id)
             check_version(source, expected_version)
             if await _one(self.db, "SELECT 1 FROM conversations WHERE id = ?", (new_id,)):
                 raise ConversationExists(new_id)
