@@ -23,7 +23,7 @@ from typing import Any
 
 import html5lib
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
@@ -264,6 +264,11 @@ VECTORS = [
     f"![a][R]\n\n[r]:\n  {E}/r",
     f"![a][r]\n\n   [r]: {E}/r 'title'",
     f"![a][long label]\n\n[long\nlabel]: {E}/r",
+    # not a definition after all (text after its URL, a blank label): read again as inline
+    f"[r]: {E}/r[click](javascript:alert(1))<a>x y</a>",
+    "[r]: /ok[c](javascript:alert(1)) junk",
+    f"[ ]: /ok![x]({E}/a.png)",
+    f"[r]: /ok \"t\" ![x]({E}/a.png)",
     # --- autolinks
     "<javascript:alert(1)>",
     "<JavaScript:alert(1)>",
@@ -452,6 +457,9 @@ def test_no_vector_survives_in_hypothesis_chunkings(vector: str, cuts: list[int]
 
 
 @settings(max_examples=250, deadline=None)
+@example(pieces=[f"![a][r]\n\n[r]: {E}/r", "[click](javascript:alert(1))",
+                 '<a onmouseover="alert(document.cookie)">xxs link</a>'], cuts=[],
+         remote_images=True)  # found by this test: the definition is no definition
 @given(pieces=st.lists(st.sampled_from(VECTORS + TRICKS + PROSE), min_size=1, max_size=6),
        cuts=st.lists(st.integers(0, 6000), max_size=16), remote_images=st.booleans())
 def test_vectors_mixed_with_prose_stay_harmless(pieces: list[str], cuts: list[int],

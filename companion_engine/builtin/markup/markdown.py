@@ -248,7 +248,7 @@ class LinkGuard:
         #: Just after "]": (it closed an image, an image is open outside it, definition place).
         self._after: tuple[bool, bool, bool] | None = None
         self._dest: _Dest | None = None
-        #: Streaming the rest of a destination too long to hold: (drop it?, pointy?).
+        #: Dropping the rest of a destination too long to hold: (True, pointy?).
         self._token: tuple[bool, bool] | None = None
         self._depth = 0
         self._token_escaped = False
@@ -403,26 +403,28 @@ class LinkGuard:
         pointy = data[j] == "<"
         if end == -1:  # the destination is still arriving
             return -1 if j == pos else j
-        if end == -2:  # too long to hold: judge it by its start, then stream the rest
-            drop = self._judge(data[j:j + MAX_DEST], pointy, d, None) is not False
-            self._token = (drop, pointy)
-            self._depth, self._token_escaped = 0, False
-            if pointy:  # past its "<"
-                if not drop:
-                    out.append("<")
-                    self._text("<")
-                return j + 1
-            return j
+        if end == -2:  # too long to hold: judge it by its start
+            if self._judge(data[j:j + MAX_DEST], pointy, d, None) is not False:
+                self._token = (True, pointy)  # drop the rest as it streams
+                self._depth, self._token_escaped = 0, False
+                return j + 1 if pointy else j
+            return self._keep(data, j, data[j:j + MAX_DEST])
         token = data[j:end]
         verdict = self._judge(token, pointy, d, self._follows(data, end, final))
         if verdict is None:
             return -1 if j == pos else j  # what follows decides: wait for it
         if verdict:
             return end  # removed; what is now at the destination is checked again
-        out.append(token)
-        self._text(token)
+        return self._keep(data, j, token)
+
+    def _keep(self, data: str, j: int, token: str) -> int:
+        """A destination that stays is read again as text: if the renderer rejects the link
+        (say, text after a definition's URL), what it holds is inline markdown after all."""
         self._dest = None
-        return end
+        if ("[" in token or "]" in token or len(token) >= MAX_DEST) and (
+                self._maybe_image or any(o[0] for o in self._stack)):
+            self._maybe_image = True  # its brackets count or not: an image may stay open
+        return j
 
     def _token_end(self, data: str, j: int, final: bool) -> int | None:
         """End of the destination starting at ``j``: -1 when the data stops first, -2 when
@@ -485,46 +487,36 @@ class LinkGuard:
         return follows != "" and follows in ')"\'('  # a complete image: it would load
 
     def _stream_token(self, data: str, pos: int, out: list[str]) -> int:
-        """Pass or drop the rest of a destination too long to hold (ends as ``_token_end``)."""
+        """Drop the rest of a destination too long to hold (it ends as ``_token_end`` says)."""
         assert self._token is not None
-        drop, pointy = self._token
+        _, pointy = self._token
         n, k = len(data), pos
-        done = False
         while k < n:
             c = data[k]
             if self._token_escaped:
                 self._token_escaped = False
                 if c == "\n" or (not pointy and c in _TOKEN_STOP):
-                    done = True
                     break
             elif c == "\\":
                 self._token_escaped = True
             elif pointy:
                 if c == ">":
                     k += 1
-                    done = True
                     break
                 if c in "<\n":
-                    done = True
                     break
             elif c in _TOKEN_STOP:
-                done = True
                 break
             elif c == "(":
                 self._depth += 1
             elif c == ")":
                 if self._depth == 0:
-                    done = True
                     break
                 self._depth -= 1
             k += 1
-        if not drop and k > pos:
-            out.append(data[pos:k])
-            self._text(data[pos:k])
-        if done:
-            self._token = None
-            if not drop:
-                self._dest = None
+        else:
+            return k  # the destination goes on in the next piece
+        self._token = None  # what is now at the destination is checked again
         return k
 
     def finish(self) -> str:
