@@ -251,6 +251,9 @@ VECTORS = [
     f"![a]({E}/x) and ![b]({E}/y)",
     f"![a]({E}/" + "p" * 3000 + ")",
     f"![a]({E}/{'(x)' * 5})",
+    f"![a]({E}/a.png<b>)",
+    f'![a]({E}/a.png<b> "t")',
+    f"![a]({E}/a.png\\\"q)",
     # --- reference definitions
     "[x]: javascript:alert(1)\n[a][x]",
     "[a][x]\n\n[x]: java&#115;cript:alert(1)",

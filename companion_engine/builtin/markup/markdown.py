@@ -484,7 +484,9 @@ class LinkGuard:
             return True
         if follows is None:
             return None
-        return follows != "" and follows in ')"\'('  # a complete image: it would load
+        # A complete image would load: ")" or a title next, or the destination goes on as
+        # CommonMark reads it (our token stops at quotes and angle brackets, it does not).
+        return follows != "" and follows in ')"\'(<>'
 
     def _stream_token(self, data: str, pos: int, out: list[str]) -> int:
         """Drop the rest of a destination too long to hold (it ends as ``_token_end`` says)."""
