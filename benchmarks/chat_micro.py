@@ -1,43 +1,39 @@
-"""Chat: the engine's own work per streamed token, next to a plain LiteLLM loop.
+"""Chat, in-process micro-benchmarks (diagnostics, not the end-to-end goal figures).
 
-Both sides stream the same N tokens from the same scripted local server (in
-this process, so its cost is in both numbers and cancels out):
+Each times one part of a streamed turn alone, in this process, best of ``--repeat``:
 
-1. baseline: ``async for chunk in await litellm.acompletion(..., stream=True)``,
-   reading ``delta.content``: the least any LiteLLM-based server must do;
-2. engine: a full ``TurnRunner`` turn on the default profile (prompt assembly,
-   LiteLLM, ``strip_think`` + ``sanitize_html`` + ``stop_at_role_leak``, the tap, the
-   sentence splitter, SSE encoding of every event, storage of the turn), with
-   ``emit`` keeping the encoded bytes instead of writing a socket;
-3. http: the same turn through ``POST /api/chat/stream`` over loopback, with the
-   aiohttp client reading the stream in this process too (an upper bound:
-   includes the client's own parsing and both sides of the socket).
+1. engine alone: a full ``TurnRunner`` turn on the benchmark profile (prompt assembly,
+   ``strip_think`` + ``sanitize_html`` + ``stop_at_role_leak``, the tap, the sentence
+   splitter, SSE encoding of every event, SQLite storage) whose LLM stream replays N
+   text pieces from memory, and whose events are encoded but not written to a socket;
+2. native client parsing alone: N OpenAI ``chat.completion.chunk`` SSE events (as the
+   scripted server writes them) fed through ``SSEDataParser`` + orjson decoding, in
+   64 KB reads; and the same for Ollama NDJSON lines;
+3. SSE event encoding alone: one ``content`` event per token.
 
-4. replay: the engine turn again, but its LLM stream replays the LiteLLM chunk
-   objects recorded from a real stream of the same N tokens, so LiteLLM and the
-   provider cost nothing: what is left is the engine's own work, measured
-   directly (the wall-clock difference of 1 and 2 is within LiteLLM's noise).
+The end-to-end figures (engine, LLM server and client in three processes) are
+``benchmarks/chat_overhead.py``.
 
-Per-token overhead = replay / N (and, noisier, (engine - baseline) / N). Goal: under 20 µs.
-
-    .venv/bin/python benchmarks/chat_overhead.py [--tokens 2000] [--repeat 7]
+    .venv/bin/python benchmarks/chat_micro.py [--tokens 2000] [--repeat 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp
+import orjson
 import yaml
 from aiohttp import web
 from loguru import logger
@@ -45,195 +41,146 @@ from loguru import logger
 from companion_engine.app import create_app
 from companion_engine.chat.request import ChatRequest
 from companion_engine.chat.runner import TurnRunner
-from companion_engine.chat.sse import encode_event
+from companion_engine.chat.sse import encode_event, timestamp
 from companion_engine.chat.turns import make_turn
 from companion_engine.configload import load_config
 from companion_engine.keys import ENGINE
-from companion_engine.llm import LLMStream, get_litellm
-from companion_engine.testing import LLMTestServer, Script, free_port
+from companion_engine.llm import LLMGateway, LLMStream
+from companion_engine.llm_native import NDJSONParser, SSEDataParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import words
 
 
-def script_tokens(n: int) -> list[str]:
-    words = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog",
-             " while", " it's", " raining", " <b>hard</b>", "."]
-    return [words[i % len(words)] for i in range(n)]
+class ReplayStream(LLMStream):
+    """An LLM stream that yields pieces from memory: no client, no provider."""
 
+    def __init__(self, base: LLMStream, pieces: list[str]) -> None:
+        super().__init__(base.target, base.messages, base.timeout_s, base.max_chars)
+        self.pieces = pieces
 
-async def baseline(server: LLMTestServer, n: int) -> float:
-    litellm = await get_litellm()
-    server.push(Script(tokens=script_tokens(n)))
-    started = time.perf_counter()
-    resp = await litellm.acompletion(
-        model="openai/test-model", api_base=server.openai_base, api_key="x",
-        messages=[{"role": "user", "content": "go"}], stream=True, max_retries=0,
-        num_retries=0, stream_options={"include_usage": True})
-    got = 0
-    async for chunk in resp:
-        if chunk.choices and chunk.choices[0].delta.content:
-            got += 1
-    assert got == n, got
-    return time.perf_counter() - started
+    async def open(self) -> None:
+        pass
 
-
-async def engine_turn(app: web.Application, server: LLMTestServer, n: int) -> float:
-    engine = app[ENGINE]
-    server.push(Script(tokens=script_tokens(n)))
-    out: list[bytes] = []
-
-    async def emit(event: str, data: dict[str, Any]) -> None:
-        out.append(encode_event(event, data))
-
-    started = time.perf_counter()
-    req = ChatRequest.model_validate({"message": "go", "conversation_id": "bench"})
-    async with engine.lease() as pipeline:
-        turn = await make_turn(engine, pipeline, req)
-        runner = TurnRunner(engine, pipeline, turn, speak=False, store_history=True)
-        await runner.prepare()
-        result = await runner.run(emit)
-    elapsed = time.perf_counter() - started
-    assert result.status == "complete", result
-    assert result.content == "".join(script_tokens(n)), result.content[:80]
-    await engine.store.delete_conversation("bench")
-    return elapsed
-
-
-class Replay:
-    """Recorded LiteLLM chunks, served again as a stream."""
-
-    def __init__(self, chunks: list[Any]) -> None:
-        self.chunks = chunks
-
-    def __aiter__(self) -> Any:
-        return self._gen()
-
-    async def _gen(self) -> Any:
-        for chunk in self.chunks:
-            yield chunk
+    async def deltas(self) -> AsyncIterator[str]:
+        for piece in self.pieces:
+            self.chunk_count += 1
+            yield piece
+        self.finish_reason = "stop"
 
     async def aclose(self) -> None:
         pass
 
 
-async def record_chunks(server: LLMTestServer, n: int) -> list[Any]:
-    litellm = await get_litellm()
-    server.push(Script(tokens=script_tokens(n)))
-    resp = await litellm.acompletion(
-        model="openai/test-model", api_base=server.openai_base, api_key="x",
-        messages=[{"role": "user", "content": "go"}], stream=True, max_retries=0,
-        num_retries=0, stream_options={"include_usage": True})
-    return [chunk async for chunk in resp]
-
-
-async def replay_turn(app: web.Application, chunks: list[Any], n: int) -> float:
+async def engine_alone(app: web.Application, pieces: list[str]) -> float:
     engine = app[ENGINE]
     out: list[bytes] = []
 
     async def emit(event: str, data: dict[str, Any]) -> None:
         out.append(encode_event(event, data))
 
-    async def replayed_open(stream: LLMStream) -> None:
-        stream._response = Replay(chunks)
+    original = LLMGateway.stream
 
+    def replay(self: LLMGateway, *args: Any, **kwargs: Any) -> LLMStream:
+        return ReplayStream(original(self, *args, **kwargs), pieces)
+
+    LLMGateway.stream = replay  # type: ignore[method-assign]
     started = time.perf_counter()
-    req = ChatRequest.model_validate({"message": "go", "conversation_id": "bench"})
-    original = LLMStream.open
-    LLMStream.open = replayed_open  # type: ignore[method-assign]
     try:
+        req = ChatRequest.model_validate({"message": "go", "conversation_id": "bench"})
         async with engine.lease() as pipeline:
             turn = await make_turn(engine, pipeline, req)
             runner = TurnRunner(engine, pipeline, turn, speak=False, store_history=True)
             await runner.prepare()
             result = await runner.run(emit)
     finally:
-        LLMStream.open = original  # type: ignore[method-assign]
+        LLMGateway.stream = original  # type: ignore[method-assign]
     elapsed = time.perf_counter() - started
-    assert result.content == "".join(script_tokens(n)), result.content[:80]
-    assert len(out) > n
+    assert result.content == "".join(pieces), result.content[:80]
+    assert len(out) > len(pieces)
     await engine.store.delete_conversation("bench")
     return elapsed
 
 
-async def http_turn(url: str, server: LLMTestServer, n: int) -> float:
-    server.push(Script(tokens=script_tokens(n)))
+def openai_wire(pieces: list[str]) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        return b"data: " + json.dumps({
+            "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0,
+            "model": "test-model", "choices": [{"index": 0, "delta": delta,
+                                                "finish_reason": finish, "logprobs": None}],
+        }).encode() + b"\n\n"
+    return b"".join(chunk({"content": p}, None) for p in pieces) + chunk({}, "stop") + \
+        b"data: [DONE]\n\n"
+
+
+def ollama_wire(pieces: list[str]) -> bytes:
+    return b"".join(json.dumps({
+        "model": "test-model", "created_at": "2025-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": p}, "done": False}).encode() + b"\n"
+        for p in pieces)
+
+
+def parse_alone(wire: bytes, sse: bool) -> float:
+    parser = SSEDataParser() if sse else NDJSONParser()
     started = time.perf_counter()
-    async with aiohttp.ClientSession() as session, session.post(
-        url, json={"messages": [{"role": "user", "content": "go"}]}) as resp:
-        body = await resp.read()
-    elapsed = time.perf_counter() - started
-    assert b"event: done" in body
-    return elapsed
+    got = 0
+    for i in range(0, len(wire), 65536):
+        for item in parser.feed(wire[i:i + 65536]):
+            if item == b"[DONE]":
+                break
+            chunk = orjson.loads(item)
+            if sse:
+                choices = chunk.get("choices")
+                if choices and (choices[0].get("delta") or {}).get("content"):
+                    got += 1
+            elif chunk["message"]["content"]:
+                got += 1
+    return time.perf_counter() - started
 
 
-async def settle() -> None:
-    """Let LiteLLM's background logging of the last stream finish before the next one."""
-    me = asyncio.current_task()
-    for _ in range(200):
-        busy = [t for t in asyncio.all_tasks() if t is not me and not t.done()
-                and "litellm" in repr(t.get_coro())]
-        if not busy:
-            break
-        await asyncio.gather(*busy, return_exceptions=True)
-    await asyncio.sleep(0.05)
+def encode_alone(pieces: list[str]) -> float:
+    started = time.perf_counter()
+    for i, p in enumerate(pieces):
+        encode_event("content", {"content": p, "provider": "openai/test-model",
+                                 "chunk_index": i, "timestamp": timestamp()})
+    return time.perf_counter() - started
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    logger.remove()  # one log line per turn would be measured too; keep the console quiet
+    logger.remove()
     logger.add(sys.stderr, level="WARNING")
-
-    server = await LLMTestServer.start()
-    root = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="chat-micro-"))
     (root / "profiles").mkdir()
     (root / "profiles" / "default.yaml").write_text(yaml.safe_dump({
-        "llm": {"model": "openai/test-model", "api_base": server.openai_base,
+        "llm": {"model": "openai/test-model", "api_base": "http://127.0.0.1:9/v1",
                 "max_tokens": 4096},
         "output": ["strip_think", "sanitize_html", "stop_at_role_leak"],
         "speech": {"enabled": False}}))
-    (root / "companion.yaml").write_text(yaml.safe_dump({"reload": False, "rate_limit": {
-        "requests": 100000, "window_s": 1}}))
+    (root / "companion.yaml").write_text(yaml.safe_dump({"reload": False}))
     app = create_app(load_config(root / "companion.yaml", env={}))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}/api/chat/stream"
     n = args.tokens
+    pieces = words(n)
     try:
-        await get_litellm()
-        # warm up every path once
-        await baseline(server, 50)
-        await engine_turn(app, server, 50)
-        await http_turn(url, server, 50)
-        chunks = await record_chunks(server, n)
-        await replay_turn(app, chunks, n)
-        base, eng, http, replay = [], [], [], []
-        for _ in range(args.repeat):  # interleaved, so drift hits all alike
-            for times, run in ((eng, lambda: engine_turn(app, server, n)),
-                               (base, lambda: baseline(server, n)),
-                               (replay, lambda: replay_turn(app, chunks, n)),
-                               (http, lambda: http_turn(url, server, n))):
-                times.append(await run())
-                await settle()
+        await engine_alone(app, words(50))
+        turn = min([await engine_alone(app, pieces) for _ in range(args.repeat)])
     finally:
         await runner.cleanup()
-        await server.close()
+    sse = min(parse_alone(openai_wire(pieces), True) for _ in range(args.repeat))
+    nd = min(parse_alone(ollama_wire(pieces), False) for _ in range(args.repeat))
+    enc = min(encode_alone(pieces) for _ in range(args.repeat))
+    us = 1e6 / n
+    print(f"in-process micro-benchmarks, {n} tokens, best of {args.repeat}:")
+    print(f"  engine alone (turn, LLM replayed)   {turn * us:6.1f} µs/token")
+    print(f"  native OpenAI SSE parse + decode    {sse * us:6.1f} µs/token")
+    print(f"  native Ollama NDJSON parse + decode {nd * us:6.1f} µs/token")
+    print(f"  SSE content event encoding          {enc * us:6.1f} µs/token")
 
-    def per_token_us(xs: list[float]) -> float:
-        return min(xs) / n * 1e6  # the best run: LiteLLM's own noise is ±20 %
-
-    b, e, h, r = per_token_us(base), per_token_us(eng), per_token_us(http), per_token_us(replay)
-    rows = [("plain LiteLLM loop", b, base), ("engine turn (no socket)", e, eng),
-            ("HTTP SSE turn + client", h, http), ("engine alone (replayed)", r, replay)]
-    print(f"tokens per turn: {n}, repeats: {args.repeat} (best run, per token)")
-    for label, us, times in rows:
-        print(f"  {label:26} {us:8.1f} µs/token   (turn {min(times) * 1000:7.1f} ms)")
-    print(f"  engine overhead            {e - b:8.1f} µs/token   (engine/LiteLLM {e / b:.2f}x)")
-    print(f"  HTTP overhead (upper bd.)  {h - b:8.1f} µs/token   (http/LiteLLM {h / b:.2f}x)")
-    verdict = "met" if r < 20 else "NOT met"
-    print(f"  goal: engine's own work < 20 µs/token -> {verdict} ({r:.1f} µs)")
 
 if __name__ == "__main__":
     asyncio.run(main())
