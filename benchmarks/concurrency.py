@@ -124,7 +124,8 @@ async def main() -> None:
     rows = []
     try:
         for path in paths:
-            engine = await EngineProcess(profile_for(llm, path), config=config).start()
+            workers = int(args.workers) if args.workers and args.workers != "auto" else 1
+            engine = await EngineProcess(profile_for(llm, path), config=config).start(workers)
             try:
                 await one_level(engine, llm, 5, args.rate, 10)  # warm up
                 for level in levels:

@@ -99,7 +99,10 @@ def process_cpu_s(pid: int) -> float:
                 continue  # a thread that just ended
         return total / 1e9
     except FileNotFoundError:
-        t = psutil.Process(pid).cpu_times()
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
         return t.user + t.system
 
 
@@ -245,9 +248,22 @@ class EngineProcess:
                     raise RuntimeError("companion serve did not become healthy")
                 await asyncio.sleep(0.005)
 
-    async def start(self) -> EngineProcess:
+    async def start(self, workers: int = 1) -> EngineProcess:
+        """Spawn and wait until ``/health`` answers (from ``workers`` distinct workers)."""
         self.spawn()
         await self.wait_healthy()
+        if workers > 1:
+            seen: set[object] = set()
+            deadline = time.perf_counter() + 60
+            async with aiohttp.ClientSession() as s:
+                while len(seen) < workers and time.perf_counter() < deadline:
+                    # a new connection each time: the kernel picks a worker per connection
+                    async with s.get(f"{self.url}/health",
+                                     headers={"Connection": "close"}) as r:
+                        seen.add((await r.json()).get("worker", {}).get("id"))
+                    await asyncio.sleep(0.02)
+            if len(seen) < workers:
+                raise RuntimeError(f"only workers {seen} answered /health")
         return self
 
     def log_tail(self, lines: int = 20) -> str:
@@ -255,12 +271,27 @@ class EngineProcess:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) \
             if path.exists() else ""
 
+    def pids(self) -> list[int]:
+        """The engine process and its children (``server.workers``: the workers)."""
+        try:
+            proc = psutil.Process(self.pid)
+            return [self.pid, *(c.pid for c in proc.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
     def cpu_s(self) -> float:
-        """CPU seconds of the engine process, all its threads (see ``process_cpu_s``)."""
-        return process_cpu_s(self.pid)
+        """CPU seconds of the engine's processes, all their threads (``process_cpu_s``)."""
+        return sum(process_cpu_s(pid) for pid in self.pids())
 
     def rss_mb(self) -> float:
-        return psutil.Process(self.pid).memory_info().rss / 1e6
+        """Resident memory of the engine's processes (the workers' summed)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total / 1e6
 
     async def cpu_after_settle(self, quiet_s: float = 0.1, max_s: float = 3.0) -> float:
         """CPU seconds once the process has gone quiet (background work after a turn)."""
