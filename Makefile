@@ -31,9 +31,11 @@ lint: $(STAMP)
 check: $(STAMP)
 	$(BIN)/companion check
 
-## benchmarks print their numbers (see docs/benchmarks.md)
+## benchmarks print their numbers (see docs/benchmarks.md); harness.py and pyspy_top.py
+## are helpers, not benchmarks
 bench: $(STAMP)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/*.py; do case $$b in */harness.py|*/pyspy_top.py) continue;; esac; \
+		echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,19 +1,29 @@
 """Lorebook scan speed: 10,000 entries (plain and regex keys) over the 10 newest messages.
 
-Prints the compiled scan's time per turn next to a naive per-entry loop
-(SillyTavern's ``matchKeys``, one key at a time: ``lorebook/reference.py``)
-measured in the same run on the same chats. Goal: <= 2 ms per turn.
+End to end (the goal figure: <= 2 ms over an empty book): a real ``companion serve``
+holds two cards that differ only in their ``character_book`` (10,000 entries, or
+none); this script alternates ``POST /api/prompt/preview`` requests for each over the
+same 10-message chats (and, with ``--chat``, streamed chat turns, timing the first
+token), so the difference of the medians is what the lorebook costs a request.
+
+In-process micro-benchmarks (diagnostics): the compiled scan's time per turn next to
+a naive per-entry loop (SillyTavern's ``matchKeys``, one key at a time:
+``lorebook/reference.py``) measured in the same run on the same chats.
 
     .venv/bin/python benchmarks/lorebook_scan.py [--entries 10000] [--turns 200]
+        [--e2e-requests 200] [--chat] [--no-micro] [--no-e2e]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import re
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from companion_engine.lorebook import (
     CompileSettings,
@@ -26,6 +36,8 @@ from companion_engine.lorebook import (
 from companion_engine.lorebook.keys import compile_js_regex, parse_js_regex
 from companion_engine.lorebook.reference import st_match
 from companion_engine.tokens import counter_for, estimate_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COMMON = ("the a and to of I you it is in that was he she we they on with as at for not but "
           "what this have be had there so my your all one do when out up if about then would "
@@ -120,17 +132,116 @@ def naive_precompiled_scan(entries: list[tuple[int, list, list]], chat: list[str
     return hits
 
 
+def card(name: str, book: dict) -> dict:
+    return {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": name, "description": f"{name} keeps the archives of the old forest castle.",
+        "personality": "curious", "scenario": "", "first_mes": "Welcome to the archive.",
+        "mes_example": "", "creator_notes": "", "system_prompt": "",
+        "post_history_instructions": "", "alternate_greetings": [], "tags": [],
+        "creator": "bench", "character_version": "1", "extensions": {},
+        "character_book": book}}
+
+
+async def end_to_end(book: dict, chats: list[list[str]], requests: int,
+                     chat_turns: bool) -> None:
+    """The same requests against the 10k-entry card and against the empty one."""
+    import time as clock
+
+    from harness import EngineProcess, LLMServerProcess, llm_settings, session, stream_chat
+
+    llm = LLMServerProcess()
+    await llm.set_default({"tokens": ["Yes", "."]})
+    profile = {"llm": llm_settings(llm), "speech": {"enabled": False},
+               "prompt": ["system_prompt", "first_message",
+                          {"lorebook": {"scan_depth": 10, "token_budget": 800}},
+                          "character_definition", "example_dialogue",
+                          {"history": {"max_tokens": 3000}}, "post_history_instructions"]}
+    engine = await EngineProcess(profile, characters={
+        "big": card("Archivist", book), "empty": card("Archivist", {"entries": []})}).start()
+    lines: list[str] = []
+    try:
+        def body(chat: list[str], character: str) -> dict:
+            oldest_first = list(reversed(chat))
+            messages = [{"role": "user" if i % 2 == (len(oldest_first) - 1) % 2 else
+                         "assistant", "content": m.split(": ", 1)[1]}
+                        for i, m in enumerate(oldest_first)]
+            return {"character_id": character, "messages": messages}
+
+        async with session() as s:
+            async def preview(chat: list[str], character: str) -> tuple[float, float, int]:
+                cpu0 = engine.cpu_s()
+                t = clock.perf_counter()
+                async with s.post(f"{engine.url}/api/prompt/preview",
+                                  json=body(chat, character)) as r:
+                    doc = await r.json()
+                wall = clock.perf_counter() - t
+                assert r.status == 200, doc
+                return wall, engine.cpu_s() - cpu0, len(doc["lore"])
+
+            for chat in chats[:20]:  # warm up: compile, caches, tokenizer
+                await preview(chat, "big")
+                await preview(chat, "empty")
+            big, empty = [], []
+            for i in range(requests):
+                chat = chats[i % len(chats)]
+                big.append(await preview(chat, "big"))
+                empty.append(await preview(chat, "empty"))
+            mb, me = statistics.median(w for w, _, _ in big), statistics.median(
+                w for w, _, _ in empty)
+            cb, ce = statistics.median(c for _, c, _ in big), statistics.median(
+                c for _, c, _ in empty)
+            lines.append(f"| `POST /api/prompt/preview`, 10,000-entry book | {mb * 1000:.2f} ms | "
+                         f"{cb * 1000:.2f} ms | {statistics.mean(n for *_, n in big):.1f} |")
+            lines.append(f"| the same, empty book (baseline) | {me * 1000:.2f} ms | "
+                         f"{ce * 1000:.2f} ms | 0 |")
+            lines.append(f"| **difference (the lorebook's cost; goal <= 2 ms)** | "
+                         f"**{(mb - me) * 1000:.2f} ms** | {(cb - ce) * 1000:.2f} ms | |")
+            if chat_turns:
+                async def ttft(chat: list[str], character: str) -> float:
+                    r = await stream_chat(s, engine.url, body(chat, character))
+                    assert r.done is not None, r.body[:200]
+                    return r.content_at[0] - r.started
+
+                tb, te = [], []
+                for i in range(requests):
+                    chat = chats[i % len(chats)]
+                    tb.append(await ttft(chat, "big"))
+                    te.append(await ttft(chat, "empty"))
+                b, e = statistics.median(tb), statistics.median(te)
+                lines.append(f"| chat turn, first token, 10,000-entry book | {b * 1000:.2f} ms "
+                             f"| | |")
+                lines.append(f"| the same, empty book (baseline) | {e * 1000:.2f} ms | | |")
+                lines.append(f"| **difference** | **{(b - e) * 1000:.2f} ms** | | |")
+    finally:
+        engine.stop()
+        llm.stop()
+    print(f"\nend to end ({requests} requests each, alternating, medians; engine, LLM "
+          "server and client in 3 processes):\n")
+    print("| request | wall (client) | engine CPU | entries activated |")
+    print("| --- | --- | --- | --- |")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=10_000)
     ap.add_argument("--turns", type=int, default=200)
     ap.add_argument("--naive-turns", type=int, default=5)
     ap.add_argument("--regex-share", type=float, default=0.25)
+    ap.add_argument("--e2e-requests", type=int, default=200)
+    ap.add_argument("--chat", action="store_true", help="also time streamed chat turns")
+    ap.add_argument("--no-micro", action="store_true")
+    ap.add_argument("--no-e2e", action="store_true")
     args = ap.parse_args()
     rng = random.Random(42)
     vocab = vocabulary(rng, 6000)
     book = make_book(rng, vocab, args.entries, args.regex_share)
     chats = [make_chat(rng, vocab) for _ in range(args.turns)]
+    if not args.no_e2e:
+        asyncio.run(end_to_end(book, chats, args.e2e_requests, args.chat))
+    if args.no_micro:
+        return
+    print("\nin-process micro-benchmarks (diagnostics):")
     n_regex = sum(k.startswith("/") for e in book["entries"] for k in e["keys"])
     n_keys = sum(len(e["keys"]) for e in book["entries"])
     print(f"lorebook: {args.entries} entries, {n_keys} keys ({n_regex} regex), "

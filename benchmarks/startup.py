@@ -1,24 +1,48 @@
-"""Time from `companion serve` to the first answered /health, against a bare aiohttp server.
+"""Start-up, end to end: to the first answered /health, to the first chat turn's ``done``, and
+the memory an idle server holds.
 
-The goal: /health answers within 1.5 s of start (LiteLLM's ~3 s import happens in the
-background). The baseline is the least any aiohttp server can do: a one-route app started by
-a fresh interpreter, measured the same way in the same run.
+Each run starts a fresh ``companion serve`` (its own process; the scripted LLM server in
+another; this script is the client):
 
-    python benchmarks/startup.py [--runs 5]
+- *health*: spawn -> first ``/health`` 200, for the shipped default profile (the full
+  prompt pipeline, espeak) next to a bare one-route aiohttp app started the same way
+  (the baseline);
+- *first turn*: spawn -> the ``done`` of a chat turn sent as soon as ``/health``
+  answers (speech off), on the native client and on LiteLLM (``llm.native: off``);
+  goal: < 1.5 s;
+- *idle RSS*: resident memory once idle after start-up (1 s after ``/health``) and
+  after that first turn (1 s later); goal: < 100 MB with a native-only profile, speech
+  off.
+
+    .venv/bin/python benchmarks/startup.py [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import statistics
+import asyncio
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    REPO,
+    EngineProcess,
+    LLMServerProcess,
+    child_env,
+    free_port,
+    llm_settings,
+    median,
+    print_table,
+    session,
+    stream_chat,
+)
 
 BARE = """
 import sys
@@ -31,59 +55,107 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def bare_health(root: Path) -> float:
+    import aiohttp
 
-
-def time_to_health(cmd: list[str], port: int, cwd: Path) -> float:
-    env = {**os.environ, "COMPANION_LOAD_PLUGINS": ""}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    port = free_port()
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(root / "bare.py"), str(port), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=child_env())
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - start
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{cmd} exited with {proc.returncode}") from None
-                time.sleep(0.005)
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                        if r.status == 200:
+                            return time.perf_counter() - started
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.005)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        await proc.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    repo = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "profiles").mkdir()
-        # The shipped default profile (espeak voice, the full prompt pipeline).
-        (root / "profiles" / "default.yaml").write_text(
-            (repo / "profiles" / "default.yaml").read_text())
-        (root / "companion.yaml").write_text("reload: false\n")
-        (root / "bare.py").write_text(BARE)
-        engine, bare = [], []
+async def first_turn(profile: dict, llm: LLMServerProcess) -> dict[str, float]:
+    engine = EngineProcess(profile)
+    engine.spawn()
+    try:
+        health = await engine.wait_healthy()
+        await llm.push({"tokens": ["Hello", " there", "."]})
+        async with session() as s:
+            r = await stream_chat(s, engine.url, {"message": "hi"})
+        assert r.done is not None, (r.status, r.error, engine.log_tail())
+        done = r.ended - engine.spawned_at
+        await asyncio.sleep(1.0)
+        after_turn = engine.rss_mb()
+        return {"health": health, "done": done, "rss_turn": after_turn}
+    finally:
+        engine.stop()
+
+
+async def idle_rss(profile: dict) -> float:
+    engine = await EngineProcess(profile).start()
+    try:
+        await asyncio.sleep(1.0)
+        return engine.rss_mb()
+    finally:
+        engine.stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    shipped = yaml.safe_load((REPO / "profiles" / "default.yaml").read_text())
+    llm = LLMServerProcess()
+    rows_health = []
+    results: dict[str, list[dict[str, float]]] = {"native": [], "litellm": []}
+    idle: dict[str, list[float]] = {"native": [], "litellm": [], "shipped": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            (root / "bare.py").write_text(BARE)
+            bare, engine_health = [], []
+            for _ in range(args.runs):
+                bare.append(await bare_health(root))
+                e = EngineProcess(shipped)
+                e.spawn()
+                try:
+                    engine_health.append(await e.wait_healthy())
+                finally:
+                    e.stop()
+            rows_health = [("`companion serve` (shipped default profile) → /health 200",
+                            f"{median(engine_health) * 1000:.0f} ms",
+                            f"{max(engine_health) * 1000:.0f} ms"),
+                           ("bare one-route aiohttp app (baseline)",
+                            f"{median(bare) * 1000:.0f} ms", f"{max(bare) * 1000:.0f} ms")]
         for _ in range(args.runs):
-            port = free_port()
-            bare.append(time_to_health([sys.executable, "bare.py", str(port)], port, root))
-            port = free_port()
-            engine.append(time_to_health(
-                [sys.executable, "-m", "companion_engine", "serve", "--port", str(port),
-                 "--no-reload"], port, root))
-    e, b = statistics.median(engine), statistics.median(bare)
-    print(f"companion serve -> /health: median {e * 1000:.0f} ms, max {max(engine) * 1000:.0f} ms"
-          f" over {args.runs} runs (goal: < 1500 ms)")
-    print(f"bare aiohttp    -> /health: median {b * 1000:.0f} ms")
-    print(f"ratio engine/bare: {e / b:.2f}x")
+            for path in ("native", "litellm"):
+                profile = {"llm": llm_settings(llm, native="auto" if path == "native"
+                                               else "off"), "speech": {"enabled": False}}
+                results[path].append(await first_turn(profile, llm))
+                idle[path].append(await idle_rss(profile))
+            idle["shipped"].append(await idle_rss(shipped))
+    finally:
+        llm.stop()
+
+    print(f"median of {args.runs} runs; measured at {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print_table(["what", "median", "max"], rows_health)
+    print()
+    rows = []
+    for path, runs in results.items():
+        rows.append((f"{path} client, speech off",
+                     f"{median(r['health'] for r in runs) * 1000:.0f} ms",
+                     f"{median(r['done'] for r in runs) * 1000:.0f} ms",
+                     f"{max(r['done'] for r in runs) * 1000:.0f} ms",
+                     f"{median(idle[path]):.0f} MB",
+                     f"{median(r['rss_turn'] for r in runs):.0f} MB"))
+    rows.append(("shipped default profile (ollama_chat: native client), speech on (espeak)",
+                 "", "", "", f"{median(idle['shipped']):.0f} MB", ""))
+    print_table(["profile", "spawn → /health", "spawn → first turn done", "max",
+                 "idle RSS", "RSS after first turn"], rows)
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())

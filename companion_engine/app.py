@@ -72,7 +72,10 @@ async def close_talk_sessions(app: web.Application) -> None:
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
     """One shared client session for every outbound call (TTS servers, model listing)."""
     engine = app[ENGINE]
-    engine.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, connect=5))
+    # No cap on connections: every streamed turn holds one to its LLM server (the native
+    # path), and aiohttp's default of 100 would queue the 101st concurrent turn.
+    engine.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        timeout=aiohttp.ClientTimeout(total=60, connect=5))
     yield
     await engine.http.close()
 
@@ -98,12 +101,14 @@ async def characters_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The LLM gateway; LiteLLM's slow import starts in the background, off start-up."""
+    """The LLM gateway. LiteLLM's slow import starts in the background, off start-up,
+    and only when a model the profile names needs it (native-client models do not)."""
     from companion_engine.llm import LLMGateway, start_background_import
 
     engine = app[ENGINE]
-    start_background_import()
     engine.llm = LLMGateway(engine)
+    if engine.llm.needs_litellm():
+        start_background_import()
     yield
     aclose = getattr(engine.llm, "aclose", None)
     if aclose is not None:

@@ -213,6 +213,7 @@ async def _listen_and_wait(runner: Any, config: Any, link: Any = None) -> None:
         port = sock.getsockname()[1]
         break
     character = engine.characters.active_id
+    _freeze_startup_heap()
     logger.info(
         "ready on http://{}:{} profile={} character={} llm={} tts={} reload={} store={}{}",
         config.server.host, port, engine.profile.name, character or "-", engine.active_model,
@@ -249,6 +250,20 @@ async def _warn_if_llm_unreachable(engine: Any) -> None:
     problem = llm_problem(await provider_health(engine))
     if problem is not None:
         logger.warning("{} (/health says degraded)", problem)
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the garbage collector's reach.
+
+    Modules, config, the pipeline and caches live as long as the process; without this,
+    every full collection walks them again (LiteLLM's import alone is ~200 MB, frozen
+    too when it finishes: ``companion_engine.llm``). Turns' own garbage is collected
+    as usual.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 # --- check -----------------------------------------------------------------------------------

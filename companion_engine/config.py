@@ -233,8 +233,15 @@ class LLMConfig(ConfigModel):
     temperature: float = Field(default=0.8, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=1, le=32768)
     timeout_s: float = Field(default=60, gt=0, le=600)
-    #: Extra keyword arguments passed to ``litellm.acompletion`` (e.g. ``top_p``).
+    #: Extra request parameters (e.g. ``top_p``), for LiteLLM and the native client alike.
     params: dict[str, Any] = Field(default_factory=dict)
+    #: ``auto``: OpenAI-compatible servers with an ``api_base`` and Ollama are streamed by
+    #: the engine's own client; ``off``: every model goes through LiteLLM.
+    native: Literal["auto", "off"] = "auto"
+    #: Most characters one reply may stream, whatever the provider does with
+    #: ``max_tokens`` (then ``finish_reason: "length"``). Default: 16 per ``max_tokens``,
+    #: at least 8,000.
+    max_reply_chars: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 DEFAULT_PROMPT: list[StageSpec] = [

@@ -1,8 +1,10 @@
 """The LLM gateway: every provider LiteLLM knows, streamed, behind one small API.
 
-LiteLLM takes seconds to import, so the app factory calls
-``start_background_import()`` at start-up and the first turn awaits
-``get_litellm()``. The gateway reads ``engine.profile.llm`` on every call, so a
+LiteLLM takes seconds (and ~200 MB) to import, so it is imported only when a model
+needs it: models on the native client (``llm_native``: OpenAI-compatible servers
+with an ``api_base``, Ollama) never do. When the profile names a model that does,
+the app starts ``start_background_import()`` at start-up and the first such turn
+awaits ``get_litellm()``. The gateway reads ``engine.profile.llm`` on every call, so a
 profile reload takes effect on the next turn. Provider failures come out as one
 of three ``LLMError`` types whose ``type`` is the SSE ``error`` type:
 ``provider_offline`` (cannot connect; the message names the address),
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import importlib
 import ipaddress
 import os
@@ -78,6 +81,10 @@ def _import_litellm(future: concurrent.futures.Future[ModuleType]) -> None:
         started = time.perf_counter()
         module = importlib.import_module("litellm")
         _configure(module)
+        if gc.get_freeze_count():
+            # The server froze its start-up heap (``companion serve``): freeze LiteLLM's
+            # too, so no garbage collection walks its ~200 MB again.
+            gc.freeze()
         logger.debug("litellm imported in {:.0f} ms", (time.perf_counter() - started) * 1000)
         future.set_result(module)
     except BaseException as exc:  # surfaced to whoever awaits get_litellm()
@@ -110,7 +117,8 @@ async def get_litellm() -> ModuleType:
         return module
     start_background_import()
     assert _import_future is not None
-    return await asyncio.wrap_future(_import_future)
+    # shield: a turn cancelled while waiting must not cancel the import for everyone
+    return await asyncio.shield(asyncio.wrap_future(_import_future))
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -244,16 +252,28 @@ def resolve_model(model: str, llm: LLMConfig) -> ModelTarget:
                        api_key=api_key, type="local" if local else "cloud")
 
 
+#: Providers the engine knows itself (all LiteLLM's too): their models are validated
+#: without importing LiteLLM.
+KNOWN_PROVIDERS = frozenset({"openai", "anthropic", *LOCAL_PROVIDERS})
+
+
 async def validate_model(model: str) -> str:
-    """Check the format and that LiteLLM knows the provider; return the normalised string."""
+    """Check the format and that the provider is known; return the normalised string.
+
+    Models of ``KNOWN_PROVIDERS`` are checked without LiteLLM (a native-only server
+    never imports it); other providers are checked against LiteLLM's list, and a name
+    without a provider is resolved by LiteLLM.
+    """
     if not isinstance(model, str) or not MODEL_NAME.match(model):
         raise ModelError(f"invalid model name {model!r}: use provider/model, e.g. "
                          "ollama_chat/llama3.2 or openai/gpt-4o-mini "
                          "(letters, digits and / _ . : @ + -)")
-    litellm = await get_litellm()
     provider, name = split_model(model)
     if not name:
         raise ModelError(f"invalid model name {model!r}: the model part after '/' is empty")
+    if "/" in model and provider in KNOWN_PROVIDERS:
+        return f"{provider}/{name}"
+    litellm = await get_litellm()
     if "/" not in model:
         try:
             provider = litellm.get_llm_provider(model)[1]
@@ -271,29 +291,58 @@ async def validate_model(model: str) -> str:
 # --- one streamed completion ------------------------------------------------------------------
 
 
-@dataclass
 class LLMStream:
     """One streaming completion: ``open()`` it, iterate ``deltas()``, always ``aclose()``.
 
-    ``usage``, ``finish_reason`` and ``chunk_count`` fill in as the stream runs.
+    ``usage``, ``finish_reason`` and ``chunk_count`` fill in as the stream runs. Two
+    implementations: ``LiteLLMStream`` (every provider) and
+    ``companion_engine.llm_native.NativeStream`` (OpenAI-compatible and Ollama servers).
+    Both stop at ``max_chars`` characters of reply with ``finish_reason = "length"``.
     """
 
-    target: ModelTarget
-    messages: list[Message]
-    kwargs: dict[str, Any]
-    timeout_s: float
-    usage: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    chunk_count: int = 0
-    _response: Any = field(default=None, repr=False)
+    def __init__(self, target: ModelTarget, messages: list[Message], timeout_s: float,
+                 max_chars: int | None = None) -> None:
+        self.target = target
+        self.messages = messages
+        self.timeout_s = timeout_s
+        self.max_chars = max_chars
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.chunk_count = 0
+
+    @property
+    def path(self) -> str:
+        """``litellm`` or ``native``: which client serves this stream."""
+        return "litellm"
 
     async def open(self) -> None:
         """Send the request; returns once the provider answered with a stream."""
+        raise NotImplementedError
+
+    def deltas(self) -> AsyncIterator[str]:
+        """The reply's text pieces as they arrive (empty pieces skipped)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close the HTTP response: the provider sees the connection end and stops."""
+        raise NotImplementedError
+
+
+class LiteLLMStream(LLMStream):
+    """A streaming completion through ``litellm.acompletion``."""
+
+    def __init__(self, target: ModelTarget, messages: list[Message], kwargs: dict[str, Any],
+                 timeout_s: float, max_chars: int | None = None) -> None:
+        super().__init__(target, messages, timeout_s, max_chars)
+        self.kwargs = kwargs
+        self._response: Any = None
+
+    async def open(self) -> None:
         litellm = await get_litellm()
         if self.target.provider in OLLAMA_PROVIDERS:
             _register_local_model(litellm, self.target.model)
         # The read timeout goes in globally: a per-call ``timeout`` makes LiteLLM build a
-        # fresh client whose streaming costs ~80 µs more per token (benchmarks/chat_overhead).
+        # fresh client whose streaming costs ~80 µs more per token (benchmarks/chat_micro).
         litellm.request_timeout = self.timeout_s
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -305,8 +354,8 @@ class LLMStream:
             raise classify_error(exc, self.target, self.timeout_s) from exc
 
     async def deltas(self) -> AsyncIterator[str]:
-        """The reply's text pieces as they arrive (empty pieces skipped)."""
         assert self._response is not None, "open() first"
+        left = self.max_chars
         try:
             async for chunk in self._response:
                 self.chunk_count += 1
@@ -315,6 +364,13 @@ class LLMStream:
                     choice = choices[0]
                     text = choice.delta.content
                     if text:
+                        if left is not None:
+                            if len(text) > left:  # the cap: stop pulling, say why
+                                self.finish_reason = "length"
+                                if left:
+                                    yield text[:left]
+                                return
+                            left -= len(text)
                         yield text
                     finish = choice.finish_reason
                     if not finish:
@@ -329,13 +385,22 @@ class LLMStream:
             raise classify_error(exc, self.target, self.timeout_s) from exc
 
     async def aclose(self) -> None:
-        """Close the HTTP response: the provider sees the connection end and stops."""
         response, self._response = self._response, None
         if response is not None:
             try:
                 await response.aclose()
             except Exception as exc:  # closing a broken stream must not mask the real error
                 logger.debug("closing the LLM stream failed: {}", exc)
+
+
+def reply_char_cap(llm: LLMConfig, max_tokens: Any = None) -> int:
+    """Characters of reply a turn may stream: ``llm.max_reply_chars``, else 16 per
+    ``max_tokens`` (the turn's, else the profile's; a token is about 4 characters: 4x
+    headroom), at least 8,000."""
+    if llm.max_reply_chars:
+        return llm.max_reply_chars
+    tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else llm.max_tokens
+    return max(8_000, 16 * tokens)
 
 
 def _usage_dict(usage: Any) -> dict[str, Any]:
@@ -389,20 +454,45 @@ class LLMGateway:
 
         Everything comes from the turn (its leased profile's ``llm`` settings, its
         model, its ``llm_params`` overrides), never from the engine's current
-        profile: a reload during the turn cannot mix two configurations.
+        profile: a reload during the turn cannot mix two configurations. The native
+        client serves it when ``llm.native`` is ``auto`` and the model runs on an
+        OpenAI-compatible server with an ``api_base`` or on Ollama; LiteLLM serves
+        everything else.
         """
         llm = turn.profile.llm
         target = resolve_model(turn.model or llm.model, llm)
-        kwargs: dict[str, Any] = {
-            "temperature": llm.temperature, "max_tokens": llm.max_tokens,
-            "num_retries": 0, "max_retries": 0,
-            "stream_options": {"include_usage": True}, **llm.params, **turn.llm_params,
-        }
+        params: dict[str, Any] = {"temperature": llm.temperature, "max_tokens": llm.max_tokens,
+                                  **llm.params, **turn.llm_params}
+        max_chars = reply_char_cap(llm, params.get("max_tokens"))
+        protocol = self.native_protocol(target, llm)
+        if protocol is not None:
+            from companion_engine.llm_native import NativeStream
+
+            return NativeStream(self.engine.http, protocol, target, turn.messages, params,
+                                llm.timeout_s, max_chars)
+        kwargs: dict[str, Any] = {"num_retries": 0, "max_retries": 0,
+                                  "stream_options": {"include_usage": True}, **params}
         if target.api_base:
             kwargs["api_base"] = target.api_base
         if target.api_key:
             kwargs["api_key"] = target.api_key
-        return LLMStream(target, turn.messages, kwargs, llm.timeout_s)
+        return LiteLLMStream(target, turn.messages, kwargs, llm.timeout_s, max_chars)
+
+    def needs_litellm(self) -> bool:
+        """Whether a model the engine may use now (the profile's, a switched one) runs
+        through LiteLLM: then its import starts in the background."""
+        llm = self.engine.profile.llm
+        models = dict.fromkeys((llm.model, self.engine.active_model))
+        return any(self.native_protocol(resolve_model(m, llm), llm) is None for m in models)
+
+    def native_protocol(self, target: ModelTarget, llm: LLMConfig | None = None) -> str | None:
+        """``openai``/``ollama`` when the native client serves ``target`` under ``llm``
+        (default: the current profile's settings), else None."""
+        if (llm or self.engine.profile.llm).native == "off":
+            return None
+        from companion_engine.llm_native import native_protocol
+
+        return native_protocol(target)
 
     # --- listing and reachability ---------------------------------------------------------
 

@@ -71,6 +71,21 @@ def shared_card(name: str) -> Path:
     return path
 
 
+@pytest.fixture(params=["native", "litellm"])
+def llm_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through each LLM client: the native one, then LiteLLM.
+
+    Chat test modules use it for every test (``pytestmark``), so the same tests are the
+    contract of both paths. ``litellm`` sends every model through LiteLLM, as
+    ``llm.native: off`` does (whose own effect ``test_llm_native.py`` checks).
+    """
+    if request.param == "litellm":
+        from companion_engine.llm import LLMGateway
+
+        monkeypatch.setattr(LLMGateway, "native_protocol", lambda self, *args: None)
+    return str(request.param)
+
+
 @pytest.fixture
 def cards_dir() -> Path:
     """The real public cards in ../shared/research/cards (read-only)."""

@@ -88,7 +88,11 @@ async def test_huge_reply_with_tts_on_speaks_a_bounded_backlog_and_the_text_goes
     """Issue 19.3, the speech half: a provider that streams a runaway reply with TTS on.
     The text arrives whole; speech past ``max_backlog_chars`` is refused per sentence
     (``audio_error``) instead of queueing without end."""
-    client = await make_client(profile=speech_profile(llm_server, max_backlog_chars=1000))
+    profile = speech_profile(llm_server, max_backlog_chars=1000)
+    # past the engine's default cap on a reply (16 characters per max_tokens): raised here,
+    # since what is under test is the speech backlog (the cap: test_chat_limits.py)
+    profile["llm"] = {**profile["llm"], "max_reply_chars": 100_000}  # type: ignore[dict-item]
+    client = await make_client(profile=profile)
     sentence = " This reply goes on and on without ever stopping for breath."
     tokens = [w + " " for w in (sentence * 600).split(" ") if w]  # ~36,000 characters
     llm_server.push(Script(tokens=tokens))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from companion_engine.keys import ENGINE
 from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import add_card, chat_events, llm_profile, names
 from tests.conftest import MakeClient
+
+#: Every test here runs through both LLM clients (native, LiteLLM).
+pytestmark = pytest.mark.usefixtures("llm_path")
 
 
 async def test_conversation_is_stored_and_feeds_the_next_turn(

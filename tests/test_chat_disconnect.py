@@ -20,6 +20,9 @@ from companion_engine.testing import LLMTestServer, Script, free_port
 from tests.chat_helpers import llm_profile
 from tests.conftest import MakeConfig
 
+#: Every test here runs through both LLM clients (native, LiteLLM).
+pytestmark = pytest.mark.usefixtures("llm_path")
+
 
 async def _read_first_content(resp: aiohttp.ClientResponse) -> str:
     buf = ""

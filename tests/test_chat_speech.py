@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import chat_events, llm_profile, names, streamed_text
 from tests.conftest import MakeClient
+
+#: Every test here runs through both LLM clients (native, LiteLLM).
+pytestmark = pytest.mark.usefixtures("llm_path")
 
 
 async def test_audio_ready_per_sentence_before_done(

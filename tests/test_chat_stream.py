@@ -13,6 +13,9 @@ from companion_engine.testing import LLMTestServer, Script
 from tests.chat_helpers import add_card, chat_events, llm_profile, names, parse_sse, streamed_text
 from tests.conftest import MakeClient, MakeConfig
 
+#: Every test here runs through both LLM clients (native, LiteLLM).
+pytestmark = pytest.mark.usefixtures("llm_path")
+
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -39,8 +40,12 @@ from companion_engine.stages import LorebookInjector, StageOptions
 from companion_engine.tokens import get_counter
 from companion_engine.turn import LoreActivation, LorebookInfo, LoreDrop, Turn
 
-#: Books with more entries than this compile and scan in a thread (off the event loop).
+#: Books with more entries than this compile in a thread (off the event loop).
 THREAD_COMPILE_ENTRIES = 300
+#: A big book's scans run in a thread while its last scan took longer than this; a
+#: faster one scans on the event loop (a thread hop costs more than the scan saves:
+#: 0.3-0.6 ms a turn with 10,000 entries, benchmarks/lorebook_scan.py).
+THREAD_SCAN_S = 0.003
 
 
 class LorebookStage(LorebookInjector):
@@ -84,6 +89,9 @@ class LorebookStage(LorebookInjector):
         super().__init__(options)
         self.cache = LoreCache()
         self.files = LorebookFiles()
+        #: id(compiled lore) -> (the lore, seconds its last scan took): chooses where
+        #: the next scan runs. Holds the lore, so an id is never reused while listed.
+        self._scan_s: dict[int, tuple[CompiledLore, float]] = {}
 
     @property
     def opts(self) -> LorebookStage.Options:
@@ -148,12 +156,15 @@ class LorebookStage(LorebookInjector):
         timed = None
         if lore.timed:  # the chat's length counts: every message, the new one included
             timed = TimedEffects(len(messages), lore.entries, await _timed_state(turn)).check()
-        run = functools.partial(scan, lore, chat, opts, count=counter.count,
+        run = functools.partial(self._measured_scan, lore, chat, opts, count=counter.count,
                                 char=turn.char_name, user=turn.user_name, rng=rng,
                                 expand=functools.partial(expand, turn), timed=timed)
-        # Big books scan off the event loop: their regex keys may take a while.
-        result = await asyncio.to_thread(run) if len(lore.entries) > THREAD_COMPILE_ENTRIES \
-            else run()
+        # A big book's first scan runs off the event loop (its regex keys may take a
+        # while); later ones too while it stays slow.
+        last = self._scan_s.get(id(lore))
+        slow = len(lore.entries) > THREAD_COMPILE_ENTRIES and (
+            last is None or last[0] is not lore or last[1] > THREAD_SCAN_S)
+        result = await asyncio.to_thread(run) if slow else run()
         placement = place(result.activated)
         for position, contents in placement.slots.items():
             turn.slots.setdefault(position, []).extend(contents)
@@ -183,6 +194,16 @@ class LorebookStage(LorebookInjector):
             if timed.changed:
                 info.timed_state = timed.state
         turn.lorebook_info = info
+
+    def _measured_scan(self, lore: CompiledLore, *args: Any, **kwargs: Any) -> Any:
+        """``scan``, remembering how long a big book's took (where the next one runs)."""
+        started = time.perf_counter()
+        result = scan(lore, *args, **kwargs)
+        if len(lore.entries) > THREAD_COMPILE_ENTRIES:
+            if len(self._scan_s) > 64 and id(lore) not in self._scan_s:
+                self._scan_s.clear()  # books come and go with cards; keep it small
+            self._scan_s[id(lore)] = (lore, time.perf_counter() - started)
+        return result
 
 
 async def _timed_state(turn: Turn) -> Any:

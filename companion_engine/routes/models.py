@@ -13,7 +13,7 @@ from companion_engine.cluster import switch_model as choose_model
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.llm import ModelError, validate_model
+from companion_engine.llm import ModelError, start_background_import, validate_model
 from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_json
 
 routes = ApiRoutes()
@@ -109,6 +109,8 @@ async def switch_model(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     previous = engine.active_model
     await choose_model(engine, model)  # every engine on the store follows
+    if engine.llm.needs_litellm():
+        start_background_import()  # its first turn should not wait for the import
     probe = await engine.llm.probe_model(model)
     return json_response({
         "success": True, "message": f"Switched to {model}", "active_model": engine.active_model,

@@ -7,8 +7,9 @@ OpenAI's speech-to-text ``POST /v1/audio/transcriptions`` (multipart in; ``json`
 Each chat request consumes the next queued ``Script`` (or the default one), so a
 test says exactly what the "model" does: which tokens, how fast, whether it
 fails, sends garbage, hangs or drops the connection. Every chat request is
-recorded with the time the client connection closed, so tests can prove that a
-client going away cancels the upstream request.
+recorded with the time each token was sent and the time the client connection
+closed, so tests can prove that a client going away cancels the upstream request
+(and benchmarks can compare the gaps a client sees with the gaps the server made).
 
 Usage (with the ``companion_engine.testing`` pytest plugin, which provides the
 ``llm_server`` fixture)::
@@ -20,16 +21,24 @@ Usage (with the ``companion_engine.testing`` pytest plugin, which provides the
         ... model "openai/test" with api_base=llm_server.openai_base ...
         rec = llm_server.requests[-1]
         await rec.wait_closed(1.0)
+
+Out of process (benchmarks, clients in other languages), with a small control API
+under ``/_scripted/`` (push scripts, set the default, read and clear the records)::
+
+    python -m companion_engine.testing.llmserver --port 0   # prints "listening on URL"
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import signal
 import socket
+import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -104,6 +113,12 @@ class RecordedRequest:
     closed_at: float | None = None
     #: True when the whole scripted stream was sent.
     completed: bool = False
+    #: ``time.perf_counter()`` right after each token was written (one per token).
+    sent_at: list[float] = field(default_factory=list)
+    #: The request's headers (names lower-cased).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: The client's (host, port): one per connection, so reuse shows.
+    peer: tuple[str, int] | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def wait_closed(self, within: float) -> float:
@@ -178,20 +193,27 @@ class LLMTestServer:
     # --- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, port: int = 0) -> LLMTestServer:
+    async def start(cls, port: int = 0, *, host: str = "127.0.0.1",
+                    control: bool = False) -> LLMTestServer:
+        """Listen on ``host:port`` (0: a free port); ``control`` adds the ``/_scripted/`` API."""
         server = cls()
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", server._openai_chat)
         app.router.add_get("/v1/models", server._openai_models)
         app.router.add_post("/v1/embeddings", server._openai_embeddings)
         app.router.add_post("/api/chat", server._ollama_chat)
         app.router.add_get("/api/tags", server._ollama_tags)
         app.router.add_post("/v1/audio/transcriptions", server._transcribe)
+        if control:
+            app.router.add_post("/_scripted/push", server._control_push)
+            app.router.add_put("/_scripted/default", server._control_default)
+            app.router.add_get("/_scripted/requests", server._control_requests)
+            app.router.add_delete("/_scripted/requests", server._control_clear)
         # handler_cancellation: a client that goes away cancels the handler at once,
         # which is how the server notices (and records) the close promptly.
         server.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await server.runner.setup()
-        site = web.TCPSite(server.runner, "127.0.0.1", port or free_port())
+        site = web.TCPSite(server.runner, host, port or free_port())
         await site.start()
         server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return server
@@ -208,7 +230,10 @@ class LLMTestServer:
             body = await request.json()
         except json.JSONDecodeError:
             body = {}
-        rec = RecordedRequest(request.path, body, time.perf_counter())
+        rec = RecordedRequest(request.path, body, time.perf_counter(),
+                              headers={k.lower(): v for k, v in request.headers.items()},
+                              peer=request.transport.get_extra_info("peername")[:2]
+                              if request.transport else None)
         self.requests.append(rec)
         return rec, self._next_script()
 
@@ -233,6 +258,7 @@ class LLMTestServer:
             if i and script.delay_s:
                 await asyncio.sleep(script.delay_s)
             await resp.write(encode(token))
+            rec.sent_at.append(time.perf_counter())
         await resp.write(finish())
         rec.completed = True
 
@@ -254,6 +280,7 @@ class LLMTestServer:
             await resp.prepare(request)
             want_usage = bool((rec.body.get("stream_options") or {}).get("include_usage"))
 
+            @_memo
             def encode(token: str) -> bytes:
                 return _sse(_openai_chunk(model, {"content": token}, None))
 
@@ -286,6 +313,7 @@ class LLMTestServer:
             resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await resp.prepare(request)
 
+            @_memo
             def encode(token: str) -> bytes:
                 return _ndjson(_ollama_chunk(model, token, False, rec.body, script))
 
@@ -354,6 +382,39 @@ class LLMTestServer:
             body["words"] = [{"word": w, "start": a, "end": b} for w, a, b in words]
         return web.json_response(body)
 
+    # --- the control API (``control=True``) ---------------------------------------------
+
+    async def _control_push(self, request: web.Request) -> web.Response:
+        """``{"scripts": [{Script fields}, ...]}``: queue them."""
+        body = await request.json()
+        try:
+            scripts = [script_from_dict(d) for d in body.get("scripts", [])]
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self.push(*scripts)
+        return web.json_response({"queued": len(self.scripts)})
+
+    async def _control_default(self, request: web.Request) -> web.Response:
+        """``{Script fields}``: what every request without a queued script does."""
+        try:
+            self.default = script_from_dict(await request.json())
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True})
+
+    async def _control_requests(self, request: web.Request) -> web.Response:
+        """The records (``?body=0`` leaves the request bodies out)."""
+        with_body = request.query.get("body", "1") != "0"
+        return web.json_response({"requests": [
+            {**({"body": r.body} if with_body else {}), "path": r.path,
+             "started_at": r.started_at, "closed_at": r.closed_at, "completed": r.completed,
+             "sent_at": r.sent_at, "last_user": _last_user(r.body)}
+            for r in self.requests]})
+
+    async def _control_clear(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        return web.json_response({"ok": True})
+
     async def _openai_models(self, request: web.Request) -> web.Response:
         if self.listing_status != 200:
             return web.json_response({"error": "sick"}, status=self.listing_status)
@@ -389,6 +450,27 @@ class LLMTestServer:
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
+def script_from_dict(data: dict[str, Any]) -> Script:
+    """A ``Script`` from JSON (unknown fields are an error)."""
+    known = {f.name for f in fields(Script)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown Script fields: {sorted(unknown)}")
+    return Script(**data)
+
+
+def script_to_dict(script: Script) -> dict[str, Any]:
+    return asdict(script)
+
+
+def _last_user(body: dict[str, Any]) -> str | None:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for m in reversed(messages or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return str(m.get("content"))
+    return None
+
+
 # --- wire encoding ----------------------------------------------------------------------------
 
 
@@ -406,6 +488,17 @@ def _wav_seconds(data: bytes) -> float | None:
     except WavError:
         return None
     return round(info.frames / info.sample_rate, 3) if info.sample_rate else None
+def _memo(encode: Any) -> Any:
+    """Encode each distinct token once per response (keeps the server cheap under load)."""
+    cache: dict[str, bytes] = {}
+
+    def encoded(token: str) -> bytes:
+        out = cache.get(token)
+        if out is None:
+            out = cache[token] = encode(token)
+        return out
+
+    return encoded
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -465,3 +558,33 @@ def embed(text: str, dimensions: int = 64) -> list[float]:
         vector[0] = 1.0
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector]
+
+
+# --- out of process ---------------------------------------------------------------------------
+
+
+async def _serve(host: str, port: int) -> None:
+    server = await LLMTestServer.start(port, host=host, control=True)
+    print(f"listening on {server.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m companion_engine.testing.llmserver",
+        description="The scripted LLM server in its own process, with the /_scripted/ API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
