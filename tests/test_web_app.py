@@ -316,6 +316,7 @@ def test_errors_show_the_servers_message(page: Page) -> None:
     shown = page.text("#log .msg:last-child .msg-error")
     assert shown == turn["error"]["error"] and "the model fell over" in shown
     # A provider that does not answer: the message names its address.
+    page.wait("document.querySelectorAll('#model-list option').length > 0", what="the models")
     page.find("#model-input").clear()
     page.find("#model-input").send_keys("ollama_chat/nothing-here")
     page.find("#model-switch").click()
@@ -345,6 +346,7 @@ def test_tts_off_sends_no_audio(page: Page) -> None:
 
 def test_model_switch(page: Page) -> None:
     box = page.find("#model-input")
+    page.wait("document.querySelectorAll('#model-list option').length > 0", what="the models")
     assert box.get_attribute("value") == "openai/test-model"
     options = page.value("[...document.querySelectorAll('#model-list option')].map(o => o.value)")
     assert "openai/other-model" in options  # listed from the provider's /v1/models
@@ -427,6 +429,7 @@ def test_characters_create_edit_export_activate_delete(page: Page) -> None:
     page.find("#manage-chars").click()
     page.find("#create-char").click()
     assert page.value("document.activeElement.id") == "f-name"
+    assert page.value("document.querySelector('#f-description').value") == ""
     page.find("#f-name").send_keys("Milo")
     page.find("#f-description").send_keys("Milo repairs clocks.")
     page.find("#f-first_mes").send_keys("Tick tock, {{user}}.")
@@ -438,7 +441,8 @@ def test_characters_create_edit_export_activate_delete(page: Page) -> None:
         assert (detail["description"], detail["firstMessage"], detail["tags"]) == (
             "Milo repairs clocks.", "Tick tock, {{user}}.", ["clocks", "craft"])
         page.click('#manage-list [data-character="milo"] [data-action="edit"]')
-        page.wait("document.querySelector('#f-description').value === 'Milo repairs clocks.'")
+        page.wait("!document.querySelector('#card-form').hidden && "
+                  "document.querySelector('#f-description').value === 'Milo repairs clocks.'")
         field = page.find("#f-description")
         field.clear()
         field.send_keys("Milo repairs clocks and music boxes.")
@@ -478,7 +482,8 @@ def test_preview_lists_the_activated_lorebook_entry_and_matches_what_is_sent(pag
     assert page.value("document.querySelector('#toggle-panel').getAttribute('aria-expanded')") \
         == "true"
     page.type("Is there a dragon nearby?")
-    page.wait("[...document.querySelectorAll('#lore-list .lore-item')].some(e => "
+    page.wait("window.__companion.state.preview?.draft === 'Is there a dragon nearby?' && "
+              "[...document.querySelectorAll('#lore-list .lore-item')].some(e => "
               "e.textContent.includes('Dragons of the north'))", what="the lorebook entry")
     item = page.find("#lore-list .lore-item")
     assert item.find_element(By.CSS_SELECTOR, ".lore-key").text == "dragon"

@@ -165,6 +165,13 @@ function openForm(title, values) {
   form.elements.name.focus();
 }
 
+function closeForm() {
+  const form = $("#card-form");
+  form.hidden = true;
+  form.reset(); // a later edit must not show (or be mistaken for) this one's values
+  editing = null;
+}
+
 async function edit(id) {
   try {
     const {data} = await api(`api/characters/${id}`);
@@ -191,8 +198,7 @@ async function save(event) {
       const reply = await api("api/characters", {method: "POST", json: {spec: "chara_card_v2", spec_version: "2.0", data}});
       hooks.announce(`Created ${reply.data.name}`);
     }
-    form.hidden = true;
-    editing = null;
+    closeForm();
     await loadCharacters();
   } catch (error) {
     showError(error, "saving the card");
@@ -231,9 +237,6 @@ export function initCharacters(callbacks) {
     editing = null;
     openForm("New character", {});
   });
-  $("#card-cancel").addEventListener("click", () => {
-    $("#card-form").hidden = true;
-    editing = null;
-  });
+  $("#card-cancel").addEventListener("click", closeForm);
   $("#card-form").addEventListener("submit", save);
 }
