@@ -1,6 +1,7 @@
 // The chat: server-managed conversations, streaming replies rendered as they arrive,
 // sentence audio queued as `audio_ready` events come, stop (the partial reply is kept,
-// marked interrupted) and regenerate.
+// marked interrupted), regenerate and continue (when the server has those routes), and
+// choosing among a reply's swipes.
 
 import {api} from "./api.js";
 import {AudioQueue} from "./audio.js";
@@ -64,7 +65,9 @@ class MessageView {
     this.badge = h("span", {class: "msg-status", hidden: true});
     this.error = h("div", {class: "msg-error", role: "alert", hidden: true});
     this.meta = h("div", {class: "msg-meta"});
-    this.head = h("div", {class: "msg-head"}, h("span", {class: "msg-name"}, name), this.badge);
+    this.swipes = h("span", {class: "greeting-nav", hidden: true});
+    this.head = h("div", {class: "msg-head"}, h("span", {class: "msg-name"}, name), this.badge,
+      this.swipes);
     this.el = h("li", {class: ["msg", `msg-${message.role}`], dataset: {role: message.role}},
       user ? null : avatar(state.characterId),
       h("div", {class: "msg-main"}, this.head, this.body, this.error, this.meta));
@@ -82,6 +85,23 @@ class MessageView {
     this.error.hidden = !m.error;
     this.error.textContent = m.error || "";
     this.meta.textContent = m.meta || "";
+    this.renderSwipes();
+  }
+
+  /** ‹ n/m › on a stored reply with alternatives (regenerated replies, greetings). */
+  renderSwipes() {
+    const m = this.message;
+    const count = m.swipes?.length || 0;
+    const show = count > 1 && m.index != null && m.status !== "streaming" && state.features.has("conversations");
+    this.swipes.hidden = !show;
+    if (!show) return;
+    const n = m.swipe_index ?? 0;
+    this.swipes.replaceChildren(
+      h("button", {type: "button", class: "chip-button", "aria-label": "Previous version of this reply",
+        disabled: n === 0 || state.streaming, onclick: () => chooseSwipe(m, n - 1)}, "‹"),
+      h("span", null, `${n + 1}/${count}`),
+      h("button", {type: "button", class: "chip-button", "aria-label": "Next version of this reply",
+        disabled: n + 1 >= count || state.streaming, onclick: () => chooseSwipe(m, n + 1)}, "›"));
   }
 }
 
@@ -110,8 +130,10 @@ function greetingView() {
 }
 
 /** Draw the whole open chat (a conversation opened, a new chat started). */
-export function renderLog() {
+export function renderLog({keepScroll = false} = {}) {
   const log = $("#log");
+  const bottom = atBottom(log);
+  const top = log.scrollTop;
   views = state.messages.map((m) => new MessageView(m));
   const items = views.map((v) => v.el);
   if (!state.conversationId && state.greeting) items.unshift(greetingView().el);
@@ -120,7 +142,7 @@ export function renderLog() {
     items.push(h("li", {class: "empty"}, who ? `Say hello to ${who}.` : "Pick a character, or just say hello."));
   }
   log.replaceChildren(...items);
-  log.scrollTop = log.scrollHeight;
+  log.scrollTop = keepScroll && !bottom ? top : log.scrollHeight;
   updateButtons();
   lastExpression();
 }
@@ -150,6 +172,8 @@ function updateButtons() {
   const last = state.messages[state.messages.length - 1];
   $("#regenerate").hidden = !(state.features.has("regenerate") && state.conversationId && !state.streaming &&
     last?.role === "assistant");
+  $("#continue").hidden = !(state.features.has("continue") && state.conversationId && !state.streaming &&
+    last?.role === "assistant" && last.status === "interrupted" && last.content);
 }
 
 function requestBody(extra) {
@@ -160,7 +184,7 @@ function requestBody(extra) {
 }
 
 /** Stream one turn into ``message`` (already shown); resolves when the turn ended. */
-async function runTurn(path, body, message, view) {
+async function runTurn(path, body, message, view, {prefix = ""} = {}) {
   controller = new AbortController();
   const signal = controller.signal;
   set({streaming: true});
@@ -199,7 +223,8 @@ async function runTurn(path, body, message, view) {
         recordError(`speech of sentence ${data.index}`, data.error);
       } else if (event === "done") {
         turn.done = data;
-        if (typeof data.full_content === "string") message.content = data.full_content;
+        // (continue: full_content is the appended part)
+        if (typeof data.full_content === "string") message.content = prefix + data.full_content;
         message.status = "complete";
         message.meta = timings(data);
       } else if (event === "error") {
@@ -227,6 +252,7 @@ async function runTurn(path, body, message, view) {
     const bottom = atBottom($("#log"));
     view.render();
     keepBottom(bottom);
+    if (state.features.has("conversations") && !turn.interrupted) await refreshConversation();
     set({streaming: false, lastTurn: turn, turns: state.turns + 1, messages: state.messages});
     updateButtons();
     lastExpression();
@@ -274,6 +300,63 @@ export async function regenerate() {
   return runTurn(`api/conversations/${encodeURIComponent(state.conversationId)}/regenerate`, requestBody({}), last, view);
 }
 
+/** More of the last reply, which was interrupted: appended to it on the server too. */
+export async function continueReply() {
+  const last = state.messages[state.messages.length - 1];
+  if (!state.features.has("continue") || !state.conversationId || state.streaming ||
+      last?.role !== "assistant" || last.status !== "interrupted") return null;
+  audio.unlock();
+  const prefix = last.content;
+  Object.assign(last, {status: "streaming", error: null, meta: ""});
+  const view = views[views.length - 1];
+  view.render();
+  return runTurn(`api/conversations/${encodeURIComponent(state.conversationId)}/continue`,
+    requestBody({}), last, view, {prefix});
+}
+
+/** Show another version of a stored reply (and make it the one later prompts use). */
+async function chooseSwipe(message, n) {
+  if (state.streaming || !state.conversationId) return;
+  try {
+    const reply = await api(`api/conversations/${encodeURIComponent(state.conversationId)}/messages/${message.index}/swipe`,
+      {method: "POST", json: {swipe_index: n, version: state.version}});
+    Object.assign(message, stored(reply.message));
+    set({version: reply.version});
+    views.find((v) => v.message === message)?.render();
+    hooks.turnEnded?.({swiped: true});
+  } catch (error) {
+    showError(error, "choosing that version");
+    if (error.status === 409) await refreshConversation();
+  }
+}
+
+function stored(m) {
+  return {
+    role: m.role, content: m.content, status: m.status === "complete" ? "complete" : m.status,
+    error: m.status === "error" ? m.meta?.error || "this reply failed" : null,
+    index: m.index ?? null, swipes: m.swipes || null, swipe_index: m.swipe_index ?? null,
+  };
+}
+
+/** Read the open conversation again (its version, swipes) after the server changed it. */
+async function refreshConversation() {
+  if (!state.conversationId || !state.features.has("conversations")) return;
+  try {
+    const {data} = await api(`api/conversations/${encodeURIComponent(state.conversationId)}`);
+    if (data.id !== state.conversationId || state.streaming) return;
+    const messages = data.messages.filter((m) => m.role !== "system").map(stored);
+    // Keep what the page shows (timings, errors) where the server has nothing to add.
+    messages.forEach((m, i) => {
+      const shown = state.messages[i];
+      if (shown && shown.role === m.role && shown.content === m.content) m.meta = shown.meta;
+    });
+    set({messages, version: data.version});
+    renderLog({keepScroll: true});
+  } catch (error) {
+    showError(error, "reloading the conversation");
+  }
+}
+
 // --- opening chats ----------------------------------------------------------------------
 
 async function loadGreeting() {
@@ -314,11 +397,9 @@ export async function openConversation(id) {
   stop();
   try {
     const {data} = await api(`api/conversations/${encodeURIComponent(id)}`);
-    const messages = data.messages.filter((m) => m.role !== "system").map((m) => ({
-      role: m.role, content: m.content, status: m.status === "complete" ? "complete" : m.status,
-      error: m.status === "error" ? m.meta?.error || "this reply failed" : null,
-    }));
-    set({conversationId: data.id, characterId: data.character_id || state.activeCharacterId, messages, greeting: null});
+    const messages = data.messages.filter((m) => m.role !== "system").map(stored);
+    set({conversationId: data.id, characterId: data.character_id || state.activeCharacterId, messages,
+      greeting: null, version: data.version ?? null});
     renderLog();
     hooks.conversationChanged();
   } catch (error) {
@@ -356,6 +437,7 @@ export function initChat(callbacks) {
     input.focus();
   });
   $("#regenerate").addEventListener("click", () => regenerate());
+  $("#continue").addEventListener("click", () => continueReply());
   on(["tts"], () => {
     if (!state.tts) audio.stop();
   });

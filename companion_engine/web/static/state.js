@@ -10,6 +10,8 @@ export const state = {
   /** The character of the open chat (a new chat starts with the picked one). */
   characterId: null,
   conversationId: null,
+  /** The open conversation's version (servers with conversation editing). */
+  version: null,
   /** [{role, content, status, error?, expressions?, meta?}] of the open chat. */
   messages: [],
   greeting: null,
