@@ -195,7 +195,9 @@ REPLY = ["*smiles* ", "Hello", " there,", " **brave**", " traveler.", " See", " 
 SHIFTS = """
   window.__shifts = [];
   new PerformanceObserver((list) => window.__shifts.push(...list.getEntries().map(
-    (e) => ({value: e.value, at: e.startTime})))).observe({type: "layout-shift"});
+    (e) => ({value: e.value, at: e.startTime, sources: e.sources.map(
+      (s) => s.node?.id || s.node?.className || s.node?.nodeName)})))).observe(
+    {type: "layout-shift"});
 """
 
 
@@ -393,6 +395,56 @@ def test_conversations_are_listed_reopened_and_deleted(page: Page) -> None:
     page.wait(f"!window.__companion.state.conversations.includes({json.dumps(first)})")
     assert page.state["conversationId"] is None
     assert page.engine.request("GET", f"/api/conversations/{first}")[0] == 404
+
+
+def needs(page: Page, feature: str, route: str) -> None:
+    if feature not in page.state["features"]:
+        pytest.skip(f"this server has no {route} (conversation editing, issue 16)")
+
+
+def test_regenerate_keeps_the_old_reply_as_a_swipe(page: Page) -> None:
+    needs(page, "regenerate", "POST /api/conversations/{id}/regenerate")
+    page.llm.push(Script(tokens=["First", " take."]))
+    page.send("Tell me a joke")
+    assert page.visible("#regenerate")
+    page.llm.push(Script(tokens=["Second", " take."]))
+    turns = page.state["turns"]
+    page.find("#regenerate").click()
+    page.wait(f"window.__companion.state.turns > {turns}", within=30, what="the new reply")
+    assert page.last_reply()["content"] == "Second take."
+    assert page.text("#log .msg:last-child .msg-body") == "Second take."
+    last = stored(page.engine, page.state["conversationId"])[-1]
+    assert (last["content"], last["swipes"], last["swipe_index"]) == (
+        "Second take.", ["First take.", "Second take."], 1)
+    # The old reply is one click away, on the page and then on the server.
+    assert page.text("#log .msg:last-child .greeting-nav span") == "2/2"
+    page.click('#log .msg:last-child [aria-label="Previous version of this reply"]')
+    page.wait("window.__companion.state.messages.at(-1).content === 'First take.'")
+    assert page.text("#log .msg:last-child .msg-body") == "First take."
+    wait_for(lambda: stored(page.engine, page.state["conversationId"])[-1]["swipe_index"] == 0,
+             what="the choice to be stored")
+
+
+def test_continue_appends_to_an_interrupted_reply(page: Page) -> None:
+    needs(page, "continue", "POST /api/conversations/{id}/continue")
+    page.llm.push(Script(tokens=["Once", " upon", " a", " time"], delay_s=0.05, hang_after=3))
+    page.type("Tell me a story", send=True)
+    page.wait("window.__companion.state.messages.at(-1).content.includes('upon')")
+    page.find("#stop").click()
+    page.wait("window.__companion.state.messages.at(-1).status === 'interrupted'")
+    partial = page.last_reply()["content"]
+    page.wait("!document.querySelector('#continue').hidden", what="the continue button")
+    wait_for(lambda: stored(page.engine, page.state["conversationId"])[-1]["status"]
+             == "interrupted", what="the partial reply to be stored")
+    page.llm.push(Script(tokens=[" there", " was", " a", " dragon."]))
+    turns = page.state["turns"]
+    page.find("#continue").click()
+    page.wait(f"window.__companion.state.turns > {turns}", within=30, what="the continuation")
+    reply = page.last_reply()
+    assert reply["status"] == "complete"
+    assert reply["content"] == partial + " there was a dragon."
+    assert stored(page.engine, page.state["conversationId"])[-1]["content"] == reply["content"]
+    assert not page.visible("#continue")
 
 
 def test_upload_a_png_card_by_drag_and_drop_and_chat_with_it(page: Page) -> None:

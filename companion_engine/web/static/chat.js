@@ -6,7 +6,7 @@
 import {api} from "./api.js";
 import {AudioQueue} from "./audio.js";
 import {avatar, character} from "./characters.js";
-import {$, h} from "./dom.js";
+import {$, h, icon, ICONS} from "./dom.js";
 import {MarkdownView} from "./markdown.js";
 import {describe, showError} from "./notice.js";
 import {stream} from "./sse.js";
@@ -64,7 +64,9 @@ class MessageView {
     this.markdown = new MarkdownView(this.body);
     this.badge = h("span", {class: "msg-status", hidden: true});
     this.error = h("div", {class: "msg-error", role: "alert", hidden: true});
-    this.meta = h("div", {class: "msg-meta"});
+    this.timings = h("span");
+    this.actions = h("span", {class: "msg-actions"});
+    this.meta = h("div", {class: "msg-meta"}, this.timings, this.actions);
     this.swipes = h("span", {class: "greeting-nav", hidden: true});
     this.head = h("div", {class: "msg-head"}, h("span", {class: "msg-name"}, name), this.badge,
       this.swipes);
@@ -84,7 +86,7 @@ class MessageView {
     this.badge.textContent = label;
     this.error.hidden = !m.error;
     this.error.textContent = m.error || "";
-    this.meta.textContent = m.meta || "";
+    this.timings.textContent = m.meta || "";
     this.renderSwipes();
   }
 
@@ -166,20 +168,40 @@ function append(message) {
 
 // --- turns ------------------------------------------------------------------------------
 
+// Regenerate and continue sit on the last reply (they act on it), not in the composer: a
+// button appearing there when a reply ends would move the message box.
+const regenerateButton = h("button", {type: "button", class: "chip-button", id: "regenerate",
+  title: "Regenerate the last reply", onclick: () => regenerate()}, icon(...ICONS.again), "Regenerate");
+const continueButton = h("button", {type: "button", class: "chip-button", id: "continue",
+  title: "Continue the interrupted reply", onclick: () => continueReply()}, icon(...ICONS.send), "Continue");
+
 function updateButtons() {
   $("#send").hidden = state.streaming;
   $("#stop").hidden = !state.streaming;
   const last = state.messages[state.messages.length - 1];
-  $("#regenerate").hidden = !(state.features.has("regenerate") && state.conversationId && !state.streaming &&
-    last?.role === "assistant");
-  $("#continue").hidden = !(state.features.has("continue") && state.conversationId && !state.streaming &&
-    last?.role === "assistant" && last.status === "interrupted" && last.content);
+  const view = views[views.length - 1];
+  const ready = state.conversationId && !state.streaming && last?.role === "assistant" && view?.message === last;
+  const again = ready && state.features.has("regenerate");
+  const more = ready && state.features.has("continue") && last.status === "interrupted" && last.content;
+  for (const [button, show] of [[regenerateButton, again], [continueButton, more]]) {
+    if (show && button.parentNode !== view.actions) view.actions.append(button);
+    else if (!show) button.remove();
+  }
 }
 
 function requestBody(extra) {
   const body = {enable_tts: state.tts, ...extra};
   if (state.characterId) body.character_id = state.characterId;
   if (state.userName) body.user_name = state.userName;
+  return body;
+}
+
+/** The body of a generating conversation route: the conversation knows its character; the
+ *  version it was read at makes a stale page get a 409 instead of a surprise. */
+function editBody() {
+  const body = {enable_tts: state.tts};
+  if (state.userName) body.user_name = state.userName;
+  if (state.version != null) body.version = state.version;
   return body;
 }
 
@@ -252,8 +274,9 @@ async function runTurn(path, body, message, view, {prefix = ""} = {}) {
     const bottom = atBottom($("#log"));
     view.render();
     keepBottom(bottom);
+    set({streaming: false});
     if (state.features.has("conversations") && !turn.interrupted) await refreshConversation();
-    set({streaming: false, lastTurn: turn, turns: state.turns + 1, messages: state.messages});
+    set({lastTurn: turn, turns: state.turns + 1, messages: state.messages});
     updateButtons();
     lastExpression();
     hooks.turnEnded(turn);
@@ -297,7 +320,7 @@ export async function regenerate() {
   Object.assign(last, {content: "", status: "streaming", error: null, meta: ""});
   const view = views[views.length - 1];
   view.render();
-  return runTurn(`api/conversations/${encodeURIComponent(state.conversationId)}/regenerate`, requestBody({}), last, view);
+  return runTurn(`api/conversations/${encodeURIComponent(state.conversationId)}/regenerate`, editBody(), last, view);
 }
 
 /** More of the last reply, which was interrupted: appended to it on the server too. */
@@ -311,7 +334,7 @@ export async function continueReply() {
   const view = views[views.length - 1];
   view.render();
   return runTurn(`api/conversations/${encodeURIComponent(state.conversationId)}/continue`,
-    requestBody({}), last, view, {prefix});
+    editBody(), last, view, {prefix});
 }
 
 /** Show another version of a stored reply (and make it the one later prompts use). */
@@ -436,8 +459,6 @@ export function initChat(callbacks) {
     stop();
     input.focus();
   });
-  $("#regenerate").addEventListener("click", () => regenerate());
-  $("#continue").addEventListener("click", () => continueReply());
   on(["tts"], () => {
     if (!state.tts) audio.stop();
   });

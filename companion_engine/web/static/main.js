@@ -286,6 +286,7 @@ function snapshot() {
     activeCharacterId: state.activeCharacterId,
     characterId: state.characterId,
     conversationId: state.conversationId,
+    version: state.version,
     messages: state.messages.map(({role, content, status, error}) => ({role, content, status, error: error || null})),
     greeting: state.greeting,
     streaming: state.streaming,
