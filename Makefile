@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps 'silero-vad>=6,<7'  # its ONNX model; no torch
 	@touch $(STAMP)
 
-## serve the companion on http://127.0.0.1:3000 (SQLite store, the Piper voice, espeak-ng fallback)
+## serve the companion on http://127.0.0.1:3000, the web app at /app (SQLite store, the Piper voice, espeak-ng fallback)
 run: $(STAMP)
 	$(BIN)/companion serve
 

@@ -52,6 +52,7 @@ def create_app(
     app.on_shutdown.append(close_talk_sessions)
     install_security(app)
     app.middlewares.append(sync_middleware)
+    app.on_shutdown.append(_closing)
     app.on_response_prepare.append(worker_header)
     app.cleanup_ctx.extend([http_session_ctx, store_ctx, characters_ctx, shared_ctx, llm_ctx,
                             pipeline_ctx, hooks_ctx, reload_ctx])
@@ -67,6 +68,11 @@ async def close_talk_sessions(app: web.Application) -> None:
     """Open WebSocket sessions end (1001 going away) before the server waits for handlers."""
     for session in list(app[TALK_SESSIONS]):
         await session.shutdown()
+
+
+async def _closing(app: web.Application) -> None:
+    """The server stops accepting requests: tell long-lived streams to end now."""
+    app[ENGINE].closing.set()
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -136,6 +136,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def app_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the web app (a wildcard bind via loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{shown}]:{port}/app" if ":" in shown else f"http://{shown}:{port}/app"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from companion_engine.configload import load_config
     from companion_engine.logs import setup_logging
@@ -220,6 +226,8 @@ async def _listen_and_wait(runner: Any, config: Any, link: Any = None) -> None:
         engine.pipeline.tts.name if engine.profile.speech.enabled else "off",
         "on" if config.reload else "off", engine.shared.backend,
         f" worker={engine.worker.id}/{engine.worker.count}" if link is not None else "")
+    if link is None:  # with workers, the supervisor says it once
+        logger.info("web app: {}", app_url(config.server.host, port))
     stop = asyncio.Event()
     if link is not None:
         link.start(stop.set)

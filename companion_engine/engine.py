@@ -53,7 +53,11 @@ class Engine:
         self.config = config
         self.plugins = plugins
         self._pipeline = pipeline
-        self.reload_status = ReloadStatus(generation=pipeline.generation)
+        self._reload_status = ReloadStatus(generation=pipeline.generation)
+        self._status_changed = asyncio.Event()
+        #: Set when the server starts shutting down, so long-lived streams (``/-/events``)
+        #: end instead of holding the shutdown up.
+        self.closing = asyncio.Event()
         self.started_at = time.time()
         # Set up by the app's cleanup contexts.
         self.http: aiohttp.ClientSession
@@ -87,6 +91,22 @@ class Engine:
     @property
     def profile(self) -> Profile:
         return self._pipeline.profile
+
+    @property
+    def reload_status(self) -> ReloadStatus:
+        """The outcome of the last reload (``/health`` ``config``); replaced, never edited."""
+        return self._reload_status
+
+    @reload_status.setter
+    def reload_status(self, status: ReloadStatus) -> None:
+        self._reload_status = status
+        changed, self._status_changed = self._status_changed, asyncio.Event()
+        changed.set()
+
+    def status_changed(self) -> asyncio.Event:
+        """An event set the next time ``reload_status`` is replaced (take it, then read the
+        status, then wait: no change is missed)."""
+        return self._status_changed
 
     @property
     def active_model(self) -> str:

@@ -60,6 +60,8 @@ class RouteDoc:
     ok_status: int = 200
     #: Request headers the route reads (name -> {description, required, schema}).
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: OpenAPI ``x-`` extensions of the operation (e.g. ``{"x-endless": True}``).
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
 class ApiRoutes(web.RouteTableDef):
@@ -190,6 +192,7 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         }
         if doc.description:
             op["description"] = doc.description
+        op.update(doc.extensions)
         if is_open(path):
             op["security"] = []  # served without the API key
         params = _path_params(path) + (_query_params(doc.query) if doc.query else [])

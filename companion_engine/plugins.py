@@ -79,6 +79,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.observers.tracing",
     "companion_engine.routes.transcribe",
     "companion_engine.routes.ws",
+    "companion_engine.routes.app",
+    "companion_engine.routes.events",
 )
 
 LOCAL_MODULE_PREFIX = "companion_local_plugins."

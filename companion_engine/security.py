@@ -49,6 +49,12 @@ API_CSP = ("default-src 'self'; base-uri 'none'; form-action 'self'; frame-ances
 DOCS_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
             "frame-ancestors 'none'; object-src 'none'")
+#: ``/app`` (the web app) only: its scripts and styles are files of this server (no inline
+#: code, no eval); avatars are card images fetched with the API key and shown as ``blob:``
+#: URLs; Trusted Types are enforced, so no HTML string can reach the DOM.
+APP_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+           "object-src 'none'; require-trusted-types-for 'script'; trusted-types 'none'")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -72,8 +78,9 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # --- access ----------------------------------------------------------------------------------
 
 #: Paths served without the API key (they reveal no secrets).
-OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/init.js"})
-OPEN_PREFIXES = ("/docs/assets/",)
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/init.js", "/app",
+                        "/app/"})
+OPEN_PREFIXES = ("/docs/assets/", "/app/assets/")
 
 # --- abuse -----------------------------------------------------------------------------------
 

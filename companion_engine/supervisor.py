@@ -234,6 +234,9 @@ class Supervisor:
                     self._announced = True
                     logger.info("ready: {} workers on http://{}:{}", self.count, self.host,
                                 self.port)
+                    from companion_engine.cli import app_url
+
+                    logger.info("web app: {}", app_url(self.host, self.port))
             elif message.get("type") == "publish":
                 self._relay(worker, message.get("event"))
 

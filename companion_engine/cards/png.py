@@ -113,6 +113,15 @@ def embed_texts(png: bytes, texts: list[tuple[str, str]]) -> bytes:
     return encode([*kept, *new, Chunk(b"IEND", b"")])
 
 
+#: Text chunks: metadata only, never needed to show the image.
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def image_only(png: bytes) -> bytes:
+    """``png`` without its text chunks (the card in it): the picture alone, much smaller."""
+    return encode([c for c in read_chunks(png) if c.type not in TEXT_CHUNKS])
+
+
 def placeholder_png(seed: str, size: int = 64) -> bytes:
     """A small solid-colour RGB image (colour derived from ``seed``) for cards without one."""
     rgb = hashlib.sha256(seed.encode("utf-8")).digest()[:3]

@@ -250,6 +250,15 @@ class CharacterStore:
             return export.json_bytes(export.v2_card(card.character))
         return await asyncio.to_thread(_export_png, self.directory, card)
 
+    async def avatar(self, character_id: str) -> bytes | None:
+        """The card's own picture (a PNG card's image without the card text), or None."""
+        card = self._cards.get(character_id)
+        if card is None:
+            raise KeyError(character_id)
+        if card.container != "png":
+            return None
+        return await asyncio.to_thread(_avatar, self.directory, card)
+
 
 # --- file work (runs in a thread) --------------------------------------------------------------
 
@@ -365,6 +374,11 @@ def _own_image(path: Path) -> bytes | None:
     except (OSError, CardError):
         return None
     return image
+
+
+def _avatar(directory: Path, card: CardFile) -> bytes | None:
+    image = _own_image(path_in(directory, card.path.name))
+    return png.image_only(image) if image is not None else None
 
 
 def _export_png(directory: Path, card: CardFile) -> bytes:

@@ -68,6 +68,9 @@ class CharacterSummary(BaseModel):
     active: bool
     created_at: str
     updated_at: str
+    #: Where the card's own picture is (``/api/characters/{id}/avatar``), or null when the
+    #: card has none (JSON and YAML cards): show initials then.
+    avatar: str | None = None
 
 
 class CharacterDetail(CharacterSummary):
@@ -195,7 +198,8 @@ def _summary_fields(card: CardFile, active_id: str | None) -> dict[str, Any]:
     return {"id": c.id, "characterId": c.id, "name": c.name, "description": c.description,
             "tags": c.tags, "creator": c.creator, "sourceFormat": card.container,
             "cardFormat": c.source_format, "active": c.id == active_id,
-            "created_at": _iso(created, card.mtime), "updated_at": _iso(card.mtime)}
+            "created_at": _iso(created, card.mtime), "updated_at": _iso(card.mtime),
+            "avatar": f"/api/characters/{c.id}/avatar" if card.container == "png" else None}
 
 
 def summary(card: CardFile, active_id: str | None) -> CharacterSummary:
@@ -438,6 +442,29 @@ async def export_character(request: web.Request) -> web.Response:
         body=data, content_type="image/png" if fmt == "png" else "application/json",
         charset=None if fmt == "png" else "utf-8",
         headers={"Content-Disposition": f'attachment; filename="{card.character.id}.{fmt}"'})
+
+
+AVATAR_CONTENT = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@routes.get("/api/characters/{id}/avatar", response_content=AVATAR_CONTENT, tags=TAGS,
+            errors=(400, 404), summary="The card's picture (PNG cards), without the card text")
+async def character_avatar(request: web.Request) -> web.Response:
+    card = _card_file(request)
+    # The file's (mtime, size): a browser revalidates and gets 304 until the card changes.
+    mtime_ns, size = card.signature
+    etag = f'"{mtime_ns:x}-{size:x}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    try:
+        image = await _store(request).avatar(card.character.id)
+    except KeyError:
+        image = None
+    if image is None:
+        raise ApiError(404, f"character {card.character.id} has no picture",
+                       "only PNG cards carry one; show the name's initials instead")
+    return web.Response(body=image, content_type="image/png", headers=headers)
 
 
 @hookimpl
