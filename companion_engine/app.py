@@ -90,7 +90,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     from companion_engine.store import open_store
 
     engine = app[ENGINE]
-    engine.store = await open_store(engine.config.store.url, engine.config.base_dir)
+    engine.store = await open_store(engine.config.store.url, engine.config.base_dir,
+                                    cache_messages=engine.config.store.cache_messages)
     yield
     await engine.store.close()
 

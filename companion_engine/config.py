@@ -141,6 +141,9 @@ class PathsConfig(ConfigModel):
 
 class StoreConfig(ConfigModel):
     url: str = "sqlite:///data/companion.db"
+    #: Messages of recently used conversations kept parsed in memory (0: none); a turn
+    #: then reads one version number instead of every message.
+    cache_messages: int = Field(default=100_000, ge=0, le=100_000_000)
 
 
 class RateLimitConfig(ConfigModel):

@@ -53,7 +53,7 @@ PIPELINE_KINDS: frozenset[Kind] = frozenset({"config", "profiles", "plugins"})
 
 #: Settings a running server cannot change: they keep their running value on reload.
 RESTART_ONLY: tuple[str, ...] = (
-    "server.host", "server.port", "server.workers", "store.url",
+    "server.host", "server.port", "server.workers", "store.url", "store.cache_messages",
     "paths.profiles", "paths.characters", "paths.plugins", "paths.data",
     "reload",
 )

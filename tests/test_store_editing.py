@@ -366,7 +366,7 @@ async def test_a_cached_conversation_follows_every_writer(two_instances: Any) ->
         loads += 1
         return await real_load(cid)
 
-    a._load = counting
+    a._load = counting  # type: ignore[method-assign]
     first = await a.get_conversation("k1")
     # this instance's own writes keep its copy current: no re-read of the messages
     await a.append_messages("k1", [StoredMessage("user", "more")], character_id=None)
@@ -387,3 +387,24 @@ async def test_a_cached_conversation_follows_every_writer(two_instances: Any) ->
     assert contents(await a.get_conversation("k1")) == ["Hi!"]
     await b.delete_conversation("k1")
     assert await a.get_conversation("k1") is None
+
+
+async def test_without_the_cache_every_read_is_a_full_one(store: Store) -> None:
+    await seeded(store, "k2", *CHAT)
+    loads = 0
+    real_load = store._load
+
+    async def counting(cid: str) -> Any:
+        nonlocal loads
+        loads += 1
+        return await real_load(cid)
+
+    store._load = counting  # type: ignore[method-assign]
+    for _ in range(2):  # seeded() read it once already
+        assert contents(await store.get_conversation("k2")) == [c for _, c in CHAT]
+    assert loads == 0
+    store.cache_messages = 0
+    await store.append_messages("k2", [StoredMessage("user", "x")], character_id=None)
+    for _ in range(2):
+        assert contents(await store.get_conversation("k2"))[-1] == "x"
+    assert loads == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from companion_engine.store.base import (
+    CACHE_MESSAGES,
     REPLY_ORDERS,
     Conversation,
     ConversationExists,
@@ -42,14 +43,22 @@ __all__ = [
 ]
 
 
-async def open_store(url: str, base_dir: Path) -> Store:
-    """Open the store named by ``store.url`` (``sqlite:///path`` or ``redis://...``)."""
+async def open_store(url: str, base_dir: Path, *,
+                     cache_messages: int = CACHE_MESSAGES) -> Store:
+    """Open the store named by ``store.url`` (``sqlite:///path`` or ``redis://...``);
+    ``cache_messages`` is ``store.cache_messages``."""
+    store: Store
     if url.startswith("sqlite:"):
         from companion_engine.store.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(url, base_dir)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+        store = await SQLiteStore.open(url, base_dir)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
         from companion_engine.store.redis import RedisStore
 
-        return await RedisStore.open(url)
-    raise ValueError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or redis://)")
+        store = await RedisStore.open(url)
+    else:
+        raise ValueError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or "
+                         "redis://)")
+    store.cache_messages = cache_messages
+    return store
+

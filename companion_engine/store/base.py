@@ -253,6 +253,8 @@ class Store(ABC):
     def __init__(self) -> None:
         self._cache: OrderedDict[str, Conversation] = OrderedDict()
         self._cached_messages = 0
+        #: ``store.cache_messages``: 0 keeps nothing (every read is a full one).
+        self.cache_messages = CACHE_MESSAGES
 
     # --- settings -------------------------------------------------------------------------
 
@@ -345,7 +347,8 @@ class Store(ABC):
         old = cache.pop(conv.id, None)
         self._cached_messages += len(conv.messages) - (len(old.messages) if old else 0)
         cache[conv.id] = conv
-        while cache and (self._cached_messages > CACHE_MESSAGES or len(cache) > CACHE_SIZE):
+        while cache and (self._cached_messages > self.cache_messages
+                         or len(cache) > CACHE_SIZE):
             _, dropped = cache.popitem(last=False)
             self._cached_messages -= len(dropped.messages)
 
