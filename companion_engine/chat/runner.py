@@ -115,8 +115,9 @@ class TurnRunner:
         if self.kind is not None:
             self.kind.arrange(self.turn)
 
-    async def stream_to(self, writer: SSEWriter) -> TurnResult:
-        """Run the turn writing SSE; a client that leaves cancels it at once."""
+    async def stream_to(self, writer: SSEWriter, emit: Emit | None = None) -> TurnResult:
+        """Run the turn writing SSE (through ``emit``, default ``writer.send``: another
+        wire format may translate the events); a client that leaves cancels it at once."""
         task = asyncio.current_task()
         assert task is not None
         left = False
@@ -130,7 +131,7 @@ class TurnRunner:
         self._cancellable = True
         watcher = asyncio.create_task(writer.watch(client_left), name="sse-watch")
         try:
-            return await self.run(writer.send)
+            return await self.run(emit or writer.send)
         except asyncio.CancelledError:
             if not left:
                 raise
