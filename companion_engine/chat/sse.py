@@ -76,6 +76,11 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def encode_data(data: dict[str, Any]) -> bytes:
+    """``data: <one-line JSON>\n\n`` with no ``event:`` line (OpenAI's stream format)."""
+    return b"data: %s\n\n" % _dumps(data)
+
+
 def encode_event(event: str, data: dict[str, Any]) -> bytes:
     """``event: NAME\\ndata: <one-line JSON>\\n\\n``; JSON escapes every newline."""
     return b"event: %s\ndata: %s\n\n" % (event.encode(), _dumps(data))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 from typing import Any, Literal
 
 from aiohttp import web
@@ -34,7 +33,7 @@ from companion_engine.chat.openai import (
 )
 from companion_engine.chat.request import ChatRequest
 from companion_engine.chat.runner import TurnRunner
-from companion_engine.chat.sse import SSEWriter
+from companion_engine.chat.sse import SSEWriter, encode_data
 from companion_engine.chat.turns import make_turn
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError, ConfigError
@@ -55,7 +54,6 @@ ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
 #: Most ``model`` ids ``GET /v1/models`` lists for profile/<name>/<character> pairs.
 MAX_LISTED = 500
 DONE = b"data: [DONE]\n\n"
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -251,7 +249,7 @@ async def _stream(request: web.Request, engine: Engine, pipeline: Pipeline,
     writer = await SSEWriter.open(request)
 
     async def send(obj: dict[str, Any]) -> None:
-        await writer.send_bytes(b"data: %s\n\n" % _dumps(obj).encode())
+        await writer.send_bytes(encode_data(obj))
 
     async def emit(event: str, data: dict[str, Any]) -> None:
         if event == "content":
