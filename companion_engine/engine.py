@@ -79,6 +79,9 @@ class Engine:
         #: The line to the supervisor when this is one of ``server.workers``.
         self.link: WorkerLink | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Pipelines of profiles other than the active one, by name (``lease(profile=)``).
+        self._profiles: dict[str, Pipeline] = {}
+        self._profiles_lock = asyncio.Lock()
         #: Small per-engine caches and plugin state, keyed by owner name.
         self.stash: dict[str, Any] = {}
 
@@ -113,9 +116,12 @@ class Engine:
         return self.model_override or self.profile.llm.model
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Pipeline]:
-        """Hold the current pipeline for one turn; a reload never closes it under you."""
+    async def lease(self, profile: str | None = None) -> AsyncIterator[Pipeline]:
+        """Hold the current pipeline (or that of another ``profile``) for one turn; a
+        reload never closes it under you."""
         pipeline = self._pipeline
+        if profile is not None and profile != pipeline.profile.name:
+            pipeline = await self._profile_pipeline(profile)
         pipeline.users += 1
         try:
             yield pipeline
@@ -125,14 +131,46 @@ class Engine:
                 await pipeline.aclose()
 
     def swap_pipeline(self, new: Pipeline) -> Pipeline:
-        """Make ``new`` current in one step; the old one closes when its last turn ends."""
+        """Make ``new`` current in one step; the old one closes when its last turn ends.
+
+        Pipelines of other profiles (``lease(profile=...)``) are retired with it: they
+        are rebuilt, with the new config and plugins, when next asked for.
+        """
         old, self._pipeline = self._pipeline, new
-        old.retired = True
-        if old.users == 0 and old is not new:
-            task = asyncio.get_running_loop().create_task(old.aclose())
+        self._retire(old)
+        others, self._profiles = self._profiles, {}
+        for pipeline in others.values():
+            self._retire(pipeline)
+        return old
+
+    def _retire(self, pipeline: Pipeline) -> None:
+        pipeline.retired = True
+        if pipeline.users == 0 and pipeline is not self._pipeline:
+            task = asyncio.get_running_loop().create_task(pipeline.aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        return old
+
+    async def _profile_pipeline(self, name: str) -> Pipeline:
+        """The pipeline of profile ``name``, built (and set up) once per generation.
+
+        Raises ``ConfigError`` when the profile is missing or invalid.
+        """
+        from companion_engine.configload import load_profile
+        from companion_engine.pipeline import build_pipeline
+
+        async with self._profiles_lock:
+            pipeline = self._profiles.get(name)
+            if pipeline is not None:
+                return pipeline
+            generation = self._pipeline.generation
+            prof, doc = await asyncio.to_thread(load_profile, self.config, name)
+            pipeline = build_pipeline(prof, self.plugins, generation=generation, doc=doc)
+            await pipeline.setup(self)
+            if generation != self._pipeline.generation:  # a reload happened meanwhile
+                self._retire(pipeline)
+                return pipeline
+            self._profiles[name] = pipeline
+            return pipeline
 
     def plugin_config(self, name: str) -> dict[str, Any]:
         """The ``plugins: {name: ...}`` settings of ``companion.yaml`` for one plugin."""
@@ -142,7 +180,8 @@ class Engine:
     async def aclose(self) -> None:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        try:
-            await self._pipeline.aclose()
-        except Exception as exc:  # pragma: no cover - stage close is already isolated
-            logger.warning("closing pipeline failed: {}", exc)
+        for pipeline in [self._pipeline, *self._profiles.values()]:
+            try:
+                await pipeline.aclose()
+            except Exception as exc:  # pragma: no cover - stage close is already isolated
+                logger.warning("closing pipeline failed: {}", exc)

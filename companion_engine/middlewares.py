@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
+from companion_engine.chat.openai import error_object
 from companion_engine.errors import ApiError
 from companion_engine.logs import request_id
 from companion_engine.openapi import json_response
@@ -24,9 +25,17 @@ def error_body(status: int, error: str, detail: object = None) -> dict[str, obje
 
 
 def error_response(
-    status: int, error: str, detail: object = None, headers: dict[str, str] | None = None
+    status: int, error: str, detail: object = None, headers: dict[str, str] | None = None,
+    *, openai: bool = False,
 ) -> web.Response:
-    return json_response(error_body(status, error, detail), status=status, headers=headers)
+    """The error shape: ours, or OpenAI's (``{"error": {message, type, param, code}}``)
+    for the ``/v1`` routes, whose clients parse that."""
+    body = error_object(status, error, detail) if openai else error_body(status, error, detail)
+    return json_response(body, status=status, headers=headers)
+
+
+def speaks_openai(request: web.Request) -> bool:
+    return request.path.startswith("/v1/")
 
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:
@@ -69,16 +78,18 @@ async def request_id_middleware(request: web.Request, handler: Handler
 async def error_middleware(request: web.Request, handler: Handler
                            ) -> web.StreamResponse:
     """Turn every exception into the JSON error shape."""
+    openai = speaks_openai(request)
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.error, exc.detail, exc.headers)
+        return error_response(exc.status, exc.error, exc.detail, exc.headers, openai=openai)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items()
                    if k.lower() in ("allow", "retry-after", "www-authenticate", "x-request-id")}
-        return error_response(exc.status, _http_message(exc, request), headers=headers)
+        return error_response(exc.status, _http_message(exc, request), headers=headers,
+                              openai=openai)
     except ConnectionResetError:
         raise
     except Exception as exc:
@@ -86,8 +97,8 @@ async def error_middleware(request: web.Request, handler: Handler
             # The shared store is away; it heals by itself, so the client may simply retry.
             logger.warning("{} {}: {}", request.method, request.path, exc)
             return error_response(503, "the store is unavailable; retry shortly", str(exc),
-                                  headers={"Retry-After": "1"})
+                                  headers={"Retry-After": "1"}, openai=openai)
         rid = request_id.get()
         logger.exception("unhandled error in {} {}", request.method, request.path)
         return error_response(500, "internal server error",
-                              f"the error was logged with request id {rid}")
+                              f"the error was logged with request id {rid}", openai=openai)

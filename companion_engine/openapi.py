@@ -62,6 +62,10 @@ class RouteDoc:
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: OpenAPI ``x-`` extensions of the operation (e.g. ``{"x-endless": True}``).
     extensions: dict[str, Any] = field(default_factory=dict)
+    #: The body of error responses (default ``ErrorBody``; the /v1 routes: OpenAI's).
+    error_model: type[BaseModel] | None = None
+    #: JSON schemas of path parameters (default: any string).
+    path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ApiRoutes(web.RouteTableDef):
@@ -143,14 +147,13 @@ def _schema_ref(model: type[BaseModel], components: dict[str, Any], mode: str) -
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _path_params(path: str) -> list[dict[str, Any]]:
+def _path_params(path: str, schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     params = []
     for part in path.split("/"):
         if part.startswith("{") and part.endswith("}"):
             name = part[1:-1].split(":", 1)[0]
-            params.append(
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            )
+            params.append({"name": name, "in": "path", "required": True,
+                           "schema": schemas.get(name, {"type": "string"})})
     return params
 
 
@@ -195,7 +198,8 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         op.update(doc.extensions)
         if is_open(path):
             op["security"] = []  # served without the API key
-        params = _path_params(path) + (_query_params(doc.query) if doc.query else [])
+        params = _path_params(path, doc.path_params) + (
+            _query_params(doc.query) if doc.query else [])
         params += [{"name": name, "in": "header", **spec} for name, spec in doc.headers.items()]
         if params:
             op["parameters"] = params
@@ -217,10 +221,12 @@ def build_spec(app: web.Application, *, title: str, version: str) -> dict[str, A
         if ok_content:
             ok["content"] = ok_content
         op["responses"][str(doc.ok_status)] = ok
+        errors_ref = (_schema_ref(doc.error_model, components, "serialization")
+                      if doc.error_model is not None else error_ref)
         for status in sorted(set(doc.errors)):
             op["responses"][str(status)] = {
                 "description": ERROR_TEXT.get(status, "Error"),
-                "content": {"application/json": {"schema": error_ref}},
+                "content": {"application/json": {"schema": errors_ref}},
             }
         paths.setdefault(path, {})[route.method.lower()] = op
     return {

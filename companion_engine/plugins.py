@@ -75,6 +75,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "companion_engine.routes.conversations",
     "companion_engine.routes.prompt",
     "companion_engine.routes.tts",
+    "companion_engine.routes.openai",
     "companion_engine.observers.metrics",
     "companion_engine.observers.tracing",
     "companion_engine.routes.transcribe",

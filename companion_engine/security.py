@@ -96,11 +96,14 @@ RATE_LIMITED = frozenset({
     ("POST", "/api/conversations/{id}/reply"),
     ("POST", "/api/transcribe"),  # so is recognition
     ("GET", "/api/ws"),  # opening a session; each of its turns spends one more
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/audio/speech"),
 })
 STREAM_ROUTES = frozenset({("POST", "/api/chat/stream"), ("GET", "/api/ws"),
                            ("POST", "/api/conversations/{id}/regenerate"),
                            ("POST", "/api/conversations/{id}/continue"),
-                           ("POST", "/api/conversations/{id}/reply")})
+                           ("POST", "/api/conversations/{id}/reply"),
+                           ("POST", "/v1/chat/completions")})
 #: Routes that check the API key themselves: a browser cannot put headers on a WebSocket,
 #: so ``/api/ws`` also takes it as a subprotocol or in its first message.
 SELF_AUTH_ROUTES = frozenset({("GET", "/api/ws")})

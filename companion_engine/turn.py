@@ -219,6 +219,9 @@ class Turn:
     audio_format: str | None = None
     #: Whether the client wants audio in parts within a sentence (None: the profile's).
     chunked_audio: bool | None = None
+    #: Speaking-rate multiplier the client asked for (1.0 = the voice's own pace; None:
+    #: the profile's); backends that can honour it do.
+    speed: float | None = None
     #: Per-turn overrides of the profile's ``llm`` settings (temperature, max_tokens, ...).
     llm_params: dict[str, Any] = field(default_factory=dict)
     #: Expression tags per sentence index (``[joy]`` -> ``"joy"``), found by the cleaners.

@@ -314,3 +314,33 @@ async def test_prompt_stage_failure_is_named_in_preview_and_chat(
     assert names(events) == ["error"]
     assert events[0][1]["type"] == "stage_error" and "'api_broken'" in events[0][1]["error"]
     assert llm_server.requests == []  # the provider is never called
+
+
+async def test_done_is_sent_only_once_the_reply_is_stored(make_client: MakeClient,
+                                                         llm_server: LLMTestServer) -> None:
+    """A reply the store could not keep is never acknowledged with ``done``."""
+    from companion_engine.keys import ENGINE
+    from companion_engine.shared import StoreUnavailable
+
+    client = await make_client(profile={**llm_profile(llm_server),
+                                        "speech": {"enabled": False}})
+    store = client.app[ENGINE].store
+    real = store.append_messages
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the reply, after the user's message went in
+            raise StoreUnavailable("redis went away")
+        return await real(*args, **kwargs)
+
+    store.append_messages = flaky  # type: ignore[method-assign]
+    llm_server.push(Script(tokens=["Hello", " there."]))
+    events = await chat_events(client, {"message": "hi", "conversation_id": "kept"})
+    assert "done" not in names(events)
+    assert events[-1] == ("error", events[-1][1])
+    assert events[-1][1]["type"] == "store_unavailable"
+    llm_server.push(Script(tokens=["Fine", " now."]))
+    events = await chat_events(client, {"message": "again", "conversation_id": "kept"})
+    assert names(events)[-1] == "done"

@@ -164,7 +164,7 @@ class PiperLocalTTS(TTSBackend):
             return await self._model(self._default)
         return await self._model(await self._resolve(asked))
 
-    def _synth_options(self, model: piper.PiperModel) -> piper.SynthOptions:
+    def _synth_options(self, model: piper.PiperModel, turn: Turn) -> piper.SynthOptions:
         o = self.options
         speaker = o.speaker
         if isinstance(speaker, str):
@@ -175,7 +175,7 @@ class PiperLocalTTS(TTSBackend):
             speaker = model.speaker_id(speaker)
         return piper.SynthOptions(length_scale=o.length_scale, noise_scale=o.noise_scale,
                                   noise_w_scale=o.noise_w_scale, speaker=speaker,
-                                  volume=o.volume)
+                                  volume=o.volume, speed=turn.speed or 1.0)
 
     async def voices(self) -> list[dict[str, Any]]:
         await self.ready()
@@ -191,7 +191,7 @@ class PiperLocalTTS(TTSBackend):
         if self._fallback is not None:
             return await self._fallback.synthesize(text, _without_voice(turn))
         model = await self._voice_for(turn)
-        result = await piper.voices().synthesize(model, text, self._synth_options(model))
+        result = await piper.voices().synthesize(model, text, self._synth_options(model, turn))
         return _audio(result)
 
     async def stream(self, text: str, turn: Turn) -> AsyncIterator[Audio]:
@@ -201,7 +201,7 @@ class PiperLocalTTS(TTSBackend):
             yield await self._fallback.synthesize(text, _without_voice(turn))
             return
         model = await self._voice_for(turn)
-        async for chunk in piper.voices().stream(model, text, self._synth_options(model)):
+        async for chunk in piper.voices().stream(model, text, self._synth_options(model, turn)):
             yield _audio(chunk)
 
 

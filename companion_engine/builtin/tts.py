@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from companion_engine.engine import Engine
     from companion_engine.turn import Turn
 
+def paced(rate: int, speed: float | None) -> int:
+    """espeak's words per minute for a speaking-rate multiplier, within its range."""
+    if not speed:
+        return rate
+    return max(RATE_RANGE[0], min(RATE_RANGE[1], round(rate * speed)))
+
+
 class EspeakTTS(TTSBackend):
     """espeak-ng inside the server process: no TTS server to run, with visemes."""
 
@@ -38,7 +45,7 @@ class EspeakTTS(TTSBackend):
     async def synthesize(self, text: str, turn: Turn) -> Audio:
         o = self.options
         result = await espeak.engine().synthesize(
-            text, voice=turn.voice or o.voice, rate=o.rate, pitch=o.pitch,
+            text, voice=turn.voice or o.voice, rate=paced(o.rate, turn.speed), pitch=o.pitch,
             volume=o.volume, end_pause=o.end_pause)
         return Audio(
             data=pcm_to_wav(result.pcm, result.sample_rate),

@@ -74,6 +74,8 @@ class TurnRunner:
         self.provider = turn.model
         self.result = TurnResult()
         self._failure: StageError | None = None
+        #: The reply's storage, once started (``_store_reply``).
+        self._stored: asyncio.Future[None] | None = None
         #: While True, a client leaving cancels the turn's task (not once it is finishing).
         self._cancellable = False
         self._emit: Emit
@@ -115,8 +117,9 @@ class TurnRunner:
         if self.kind is not None:
             self.kind.arrange(self.turn)
 
-    async def stream_to(self, writer: SSEWriter) -> TurnResult:
-        """Run the turn writing SSE; a client that leaves cancels it at once."""
+    async def stream_to(self, writer: SSEWriter, emit: Emit | None = None) -> TurnResult:
+        """Run the turn writing SSE (through ``emit``, default ``writer.send``: another
+        wire format may translate the events); a client that leaves cancels it at once."""
         task = asyncio.current_task()
         assert task is not None
         left = False
@@ -130,7 +133,7 @@ class TurnRunner:
         self._cancellable = True
         watcher = asyncio.create_task(writer.watch(client_left), name="sse-watch")
         try:
-            return await self.run(writer.send)
+            return await self.run(emit or writer.send)
         except asyncio.CancelledError:
             if not left:
                 raise
@@ -168,7 +171,9 @@ class TurnRunner:
                 await self._speech.finish()
             self.result.status = "complete"
             self._finish_timings()
-            await emit("done", self._done_event())
+            done = self._done_event()
+            await self._store_reply()  # acknowledged (done) only once it is stored
+            await emit("done", done)
         except (ClientGone, asyncio.CancelledError) as exc:
             self.result.status = "interrupted"
             if isinstance(exc, asyncio.CancelledError):
@@ -332,6 +337,14 @@ class TurnRunner:
             await self.kind.before(self.engine.store, self.turn)
 
     async def _store_reply(self) -> None:
+        """Store the reply, once: the write runs as its own task, so a client leaving
+        mid-write cannot cut it short, and a second call waits for the first."""
+        if self._stored is None:
+            self.turn.result = self.result
+            self._stored = asyncio.ensure_future(self._write_reply())
+        await asyncio.shield(self._stored)
+
+    async def _write_reply(self) -> None:
         if self.kind is not None:
             await self.kind.after(self.engine.store, self.turn, self.result)
 
@@ -354,7 +367,7 @@ class TurnRunner:
             self.result.finish_reason = self.turn.finish_reason
         self.turn.result = self.result
         try:
-            await asyncio.shield(self._store_reply())
+            await self._store_reply()
         except Exception as exc:
             logger.opt(exception=exc).error("storing the reply of {} failed",
                                             self.turn.conversation_id)

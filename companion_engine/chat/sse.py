@@ -76,6 +76,11 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def encode_data(data: dict[str, Any]) -> bytes:
+    """``data: <one-line JSON>\n\n`` with no ``event:`` line (OpenAI's stream format)."""
+    return b"data: %s\n\n" % _dumps(data)
+
+
 def encode_event(event: str, data: dict[str, Any]) -> bytes:
     """``event: NAME\\ndata: <one-line JSON>\\n\\n``; JSON escapes every newline."""
     return b"event: %s\ndata: %s\n\n" % (event.encode(), _dumps(data))
@@ -249,9 +254,14 @@ class SSEWriter:
     async def send(self, event: str, data: dict[str, Any]) -> None:
         """Queue one event; raises ``ClientGone`` when the client has left. Waits (the
         caller stops producing) while the client is too far behind."""
+        await self.send_bytes(encode_event(event, data))
+
+    async def send_bytes(self, payload: bytes) -> None:
+        """Queue pre-encoded SSE lines (another wire format: OpenAI's ``data:`` lines),
+        with the same backpressure as ``send``."""
         if self.gone:
             raise ClientGone()
-        self._queue(encode_event(event, data))
+        self._queue(payload)
         if self._pending_bytes > MAX_PENDING_BYTES:
             await self._wait_for_room()
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from companion_engine import hookimpl
-from companion_engine.errors import ApiError, UnknownVoiceError
+from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
 from companion_engine.patterns import AudioFormat, check_voice_name
-from companion_engine.speech import formats
-from companion_engine.speech.session import speech_text
-from companion_engine.speech.wav import WavError, wav_info
-from companion_engine.turn import Turn
+from companion_engine.speech.speak import speak_text
 
 routes = ApiRoutes()
 
@@ -84,45 +80,13 @@ async def speak(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_body(request, TTSRequest)
     async with engine.lease() as pipeline:
-        tts = pipeline.tts
-        if not tts.speaks:
-            raise ApiError(409, f"text-to-speech is off: this profile's speech.tts is "
-                                f"{tts.name!r}")
-        target = body.audio_format or pipeline.profile.speech.audio_format
-        why = formats.unavailable(target) if target else None
-        if why is not None:
-            raise ApiError(422, why)
-        turn = Turn(profile=pipeline.profile, user_message="", engine=engine, voice=body.voice)
-        spoken = await speech_text(pipeline, body.text, turn)
-        if not spoken:
-            raise ApiError(422, "nothing to speak: the text is only markup, emoji or "
-                                "punctuation once cleaned for speech")
-        try:
-            audio = await tts.synthesize(spoken, turn)
-        except UnknownVoiceError as exc:
-            raise ApiError(422, str(exc)) from None
-        except Exception as exc:
-            logger.warning("POST /api/tts: {} failed: {}", tts.name, exc)
-            raise ApiError(502, f"TTS backend {tts.name!r} failed: {exc}") from None
-    duration_ms = audio.duration_ms
-    if duration_ms is None and audio.format == "wav":
-        try:
-            duration_ms = wav_info(audio.data).duration_ms
-        except WavError:
-            pass
-    data, fmt, rate = audio.data, audio.format, audio.sample_rate
-    if target is not None and target != audio.format:
-        try:
-            out = await formats.convert_async(audio.data, audio.format, rate, target)
-        except formats.AudioFormatError as exc:
-            raise ApiError(502, f"TTS backend {tts.name!r} audio could not be converted to "
-                                f"{target}: {exc}") from None
-        data, fmt, rate = out.data, out.format, out.sample_rate
-    headers = {"X-Sample-Rate": str(rate)}
-    if duration_ms is not None:
-        headers["X-Audio-Duration-Ms"] = str(duration_ms)
-    content_type = CONTENT_TYPES.get(fmt) or formats.content_type(fmt, rate)
-    return web.Response(body=data, headers={**headers, "Content-Type": content_type})
+        audio = await speak_text(engine, pipeline, body.text, voice=body.voice,
+                                 audio_format=body.audio_format)
+    headers = {"X-Sample-Rate": str(audio.sample_rate)}
+    if audio.duration_ms is not None:
+        headers["X-Audio-Duration-Ms"] = str(audio.duration_ms)
+    content_type = CONTENT_TYPES.get(audio.format) or audio.content_type
+    return web.Response(body=audio.data, headers={**headers, "Content-Type": content_type})
 
 
 @hookimpl

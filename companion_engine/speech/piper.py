@@ -213,6 +213,8 @@ class SynthOptions:
     noise_w_scale: float | None = None
     speaker: int | None = None
     volume: float = 1.0
+    #: Speaking-rate multiplier: the length scale is divided by it.
+    speed: float = 1.0
 
 
 @dataclass(slots=True)
@@ -350,7 +352,7 @@ class PiperModel:
         c = self._config
         scales = np.array([
             c.noise_scale if o.noise_scale is None else o.noise_scale,
-            c.length_scale if o.length_scale is None else o.length_scale,
+            (c.length_scale if o.length_scale is None else o.length_scale) / o.speed,
             c.noise_w_scale if o.noise_w_scale is None else o.noise_w_scale,
         ], dtype=np.float32)
         args = {"input": np.array([ids], dtype=np.int64),
