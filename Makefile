@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench check clean
+.PHONY: run test lint bench bench-e2e check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -36,6 +36,17 @@ check: $(STAMP)
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do case $$b in */harness.py|*/pyspy_top.py) continue;; esac; \
 		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## the end-to-end benchmarks of docs/benchmarks.md, with its arguments (a quiet machine:
+## about 25 minutes); output in bench-e2e.log
+bench-e2e: $(STAMP)
+	@( for b in "chat_overhead.py --tokens 2000 --runs 7" \
+	            "concurrency.py --streams 100,200,400 --runs 3" \
+	            "concurrency.py --streams 200,400 --runs 3 --workers 2" \
+	            "lorebook_scan.py --e2e-requests 200 --chat --no-micro" \
+	            "startup.py --runs 5" "backpressure.py --clients 10 --hold 5" \
+	            "chat_micro.py --tokens 2000 --repeat 7"; do \
+		echo "== benchmarks/$$b"; $(BIN)/python benchmarks/$$b || exit 1; done ) 2>&1 | tee bench-e2e.log
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

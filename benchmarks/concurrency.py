@@ -53,7 +53,7 @@ def profile_for(llm: LLMServerProcess, path: str) -> dict[str, Any]:
 
 
 async def one_level(engine: EngineProcess, llm: LLMServerProcess, streams: int, rate: float,
-                    tokens: int) -> dict[str, Any]:
+                    tokens: int, client_history: bool = False) -> dict[str, Any]:
     await llm.set_default({"tokens": words(tokens), "delay_s": 1 / rate})
     await llm.clear()
     tag = uuid.uuid4().hex[:8]
@@ -62,8 +62,10 @@ async def one_level(engine: EngineProcess, llm: LLMServerProcess, streams: int, 
     async with session() as s:
         async def one(i: int) -> StreamResult:
             await asyncio.sleep(i / streams)  # arrivals spread over one second
-            return await stream_chat(s, engine.url, {"message": f"{tag}-{i}",
-                                                     "conversation_id": f"{tag}-{i}"})
+            body: dict[str, Any] = (
+                {"messages": [{"role": "user", "content": f"{tag}-{i}"}]} if client_history
+                else {"message": f"{tag}-{i}", "conversation_id": f"{tag}-{i}"})
+            return await stream_chat(s, engine.url, body)
         results = await asyncio.gather(*(one(i) for i in range(streams)),
                                        return_exceptions=True)
     wall = time.perf_counter() - started
@@ -106,6 +108,8 @@ async def main() -> None:
     ap.add_argument("--workers", default=None, help="server.workers (when the engine has it)")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="py-spy the engine at each level (DIR/streams-PATH-N.txt)")
+    ap.add_argument("--client-history", action="store_true",
+                    help="client-managed history (nothing stored) instead of conversations")
     args = ap.parse_args()
     levels = [int(x) for x in args.streams.split(",")]
     paths = [p for p in args.paths.split(",") if p]
@@ -133,8 +137,8 @@ async def main() -> None:
                     if args.profile is not None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         spy = PySpy(engine.pid, args.profile / f"streams-{path}-{level}.txt")
-                    runs = [await one_level(engine, llm, level, args.rate, args.tokens)
-                            for _ in range(args.runs)]
+                    runs = [await one_level(engine, llm, level, args.rate, args.tokens,
+                                            args.client_history) for _ in range(args.runs)]
                     if spy is not None:
                         spy.stop()
                     rows.append((path, runs))
