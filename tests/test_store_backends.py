@@ -255,3 +255,19 @@ async def test_redis_data_of_the_first_layout_is_listed(redis_url: str, tmp_path
     finally:
         await store.delete_conversation("l1")
         await store.close()
+
+
+def test_a_store_left_open_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    """aiosqlite's worker threads are not daemons: one store a failing test (or a crashed
+    start-up) left open would hang the interpreter at exit, and CI with it."""
+    import subprocess
+    import sys
+
+    script = ("import asyncio, sys\nfrom pathlib import Path\n"
+              "from companion_engine.store import open_store\nKEEP = []\n"
+              "async def main():\n"
+              "    KEEP.append(await open_store('sqlite:///left-open.db', Path(sys.argv[1])))\n"
+              "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=60,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -119,6 +119,18 @@ INSERT_MESSAGE = ("INSERT INTO messages(conversation_id, role, content, status, 
                   "meta, uid, swipes, swipe_index) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+async def _connect(path: Path | str) -> aiosqlite.Connection:
+    """A connection in autocommit mode (we issue ``BEGIN``) whose worker thread never keeps
+    the process alive: aiosqlite's is not a daemon thread, so one store left open (a test
+    that failed half-way through start-up) would hang the interpreter at exit instead of
+    letting it report the failure."""
+    conn = aiosqlite.connect(path, isolation_level=None)
+    thread = getattr(conn, "_thread", None)
+    if thread is not None and not thread.is_alive():
+        thread.daemon = True
+    return await conn
+
+
 async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
     """The first row of a query, or None (one trip to the connection's thread)."""
     rows = await db.execute_fetchall(sql, params)
@@ -144,7 +156,7 @@ class SQLiteStore(Store):
         path = sqlite_path(url, base_dir)
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await _connect(path)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA foreign_keys=ON")
@@ -153,7 +165,7 @@ class SQLiteStore(Store):
             await _migrate(db)
             reader = None
             if isinstance(path, Path):
-                reader = await aiosqlite.connect(path, isolation_level=None)
+                reader = await _connect(path)
                 await reader.execute("PRAGMA busy_timeout=10000")
         except BaseException:
             await db.close()
