@@ -245,6 +245,29 @@ async def test_events_mode_and_text_only_sessions(companion_client, llm_server) 
     await ws.conn.close()
 
 
+async def test_chunked_audio_streams_a_sentence_as_it_is_made(companion_client,
+                                                             llm_server) -> None:
+    pytest.importorskip("piper", reason="chunked synthesis needs piper_local (extra [piper])")
+    long_first = ("The old lighthouse keeper walked up the winding stairs to light the great "
+                  "lamp above the sea.")
+    llm_server.push(Script(tokens=tokens(long_first)))
+    _client, ws = await session(companion_client, llm_server, chunked_audio=True,
+                               tts={"piper_local": {"voice": "en_US-joe-medium"}},
+                               config={"server": {"websocket": {"audio_lead_ms": 10_000}}})
+    await ws.start()
+    await ws.send("text", text="A story.")
+    await ws.until("done")
+    starts = [r.data for r in ws.log if r.type == "audio_start"]
+    ends = [r.data for r in ws.log if r.type == "audio_end"]
+    assert [s["index"] for s in starts] == [0] and [e["index"] for e in ends] == [0]
+    assert starts[0]["bytes"] is None  # sent in parts: the length is not known up front
+    pcm = audio_of(ws, 0)
+    frames = [r for r in ws.log if r.type == "binary"]
+    assert len(pcm) > 22050 and len(frames) > 10  # seconds of audio, many frames
+    assert "audio_chunk" not in ws.types()  # frames mode turns the parts into frames
+    await ws.conn.close()
+
+
 async def test_speech_without_stt_still_interrupts(companion_client, llm_server,
                                                    stop_speech: Recording) -> None:
     llm_server.push(Script(tokens=tokens(WEATHER), delay_s=0.01))
