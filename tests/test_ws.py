@@ -322,6 +322,62 @@ async def test_a_pause_mid_sentence_joins_the_two_utterances(companion_client,
     await ws.conn.close()
 
 
+async def test_a_client_that_leaves_mid_reply_keeps_only_what_it_was_sent(
+        companion_client, llm_server) -> None:
+    llm_server.push(Script(tokens=tokens(WEATHER) + ["More"] * 100, delay_s=0.03))
+    client, ws = await session(companion_client, llm_server)
+    ready = await ws.start()
+    await ws.send("text", text="Weather?")
+    await ws.until("audio_start", index=0)
+    await ws.until("binary")
+    llm = llm_server.requests[-1]
+    await ws.conn.close()
+    await llm.wait_closed(10)
+    assert not llm.completed
+    for _ in range(100):  # the runner stores the reply once it saw the client go
+        messages = await stored(client, ready["conversation_id"])
+        if messages[-1]["role"] == "assistant":
+            break
+        await asyncio.sleep(0.05)
+    reply = messages[-1]
+    assert reply["status"] == "interrupted"
+    assert reply["content"] in (SENTENCES[0], " ".join(SENTENCES[:2]))
+
+
+async def test_a_reload_moves_the_microphone_to_the_new_pipeline(
+        companion_client, llm_server, companion_config, question: Recording) -> None:
+    import yaml
+
+    from companion_engine.keys import ENGINE, TALK_SESSIONS
+
+    cfg = companion_config(profile=talking(llm_server))
+    client = await companion_client(cfg)
+    engine = client.server.app[ENGINE]
+    ws = await open_ws(client)
+    await ws.start()
+    await ws.audio(question.pcm())
+    await ws.until("vad", event="speech_end")
+    old = engine.pipeline
+    profile_path = cfg.path("profiles") / "default.yaml"
+    profile = yaml.safe_load(profile_path.read_text())
+    profile["speech"]["vad"] = {"webrtcvad": {"min_silence_ms": 400}}
+    profile_path.write_text(yaml.safe_dump(profile))
+    resp = await client.post("/-/reload")
+    assert resp.status == 200, await resp.text()
+    assert engine.pipeline is not old and not old.closed  # the session still holds it
+    await ws.audio(question.pcm())
+    await ws.until("vad", event="speech_end", utterance=2)
+    (session,) = client.server.app[TALK_SESSIONS]
+    assert session._listener_pipeline is engine.pipeline
+    assert session._listener.vad.name == "webrtcvad"
+    for _ in range(100):
+        if old.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert old.closed, "the old pipeline is released once no session or turn holds it"
+    await ws.conn.close()
+
+
 # --- security and caps ---------------------------------------------------------------------
 
 KEYED = {"server": {"api_key": "s3cret-key"}}
