@@ -225,9 +225,10 @@ async def test_hook_register_vad_backends(tmp_path) -> None:  # type: ignore[no-
     host = PluginHost.load(tmp_path, entry_points=False)
     assert host.stages["vad_backend"]["loudness"].plugin == "loudness"
     profile = Profile.model_validate({"speech": {"vad": {"loudness": {
-        "level": 3000, "min_silence_ms": 400}}}})
+        "level": 2000, "min_silence_ms": 400}}}})
     pipeline = build_pipeline(profile, host)
     rec = (Recording().silence(400).say("Hello there, how are you today?").silence(700)
            .say("Fine, thanks.").silence(600))
+    # A peak detector misses the quiet start of a fricative ("F"): looser than Silero.
     assert_close(utterances(await detect(pipeline, rec.pcm())), rec.segments,
-                 start_ms=60, end_ms=450)
+                 start_ms=150, end_ms=450)

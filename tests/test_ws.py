@@ -245,6 +245,29 @@ async def test_events_mode_and_text_only_sessions(companion_client, llm_server) 
     await ws.conn.close()
 
 
+async def test_chunked_audio_streams_a_sentence_as_it_is_made(companion_client,
+                                                             llm_server) -> None:
+    pytest.importorskip("piper", reason="chunked synthesis needs piper_local (extra [piper])")
+    long_first = ("The old lighthouse keeper walked up the winding stairs to light the great "
+                  "lamp above the sea.")
+    llm_server.push(Script(tokens=tokens(long_first)))
+    _client, ws = await session(companion_client, llm_server, chunked_audio=True,
+                               tts={"piper_local": {"voice": "en_US-joe-medium"}},
+                               config={"server": {"websocket": {"audio_lead_ms": 10_000}}})
+    await ws.start()
+    await ws.send("text", text="A story.")
+    await ws.until("done")
+    starts = [r.data for r in ws.log if r.type == "audio_start"]
+    ends = [r.data for r in ws.log if r.type == "audio_end"]
+    assert [s["index"] for s in starts] == [0] and [e["index"] for e in ends] == [0]
+    assert starts[0]["bytes"] is None  # sent in parts: the length is not known up front
+    pcm = audio_of(ws, 0)
+    frames = [r for r in ws.log if r.type == "binary"]
+    assert len(pcm) > 22050 and len(frames) > 10  # seconds of audio, many frames
+    assert "audio_chunk" not in ws.types()  # frames mode turns the parts into frames
+    await ws.conn.close()
+
+
 async def test_speech_without_stt_still_interrupts(companion_client, llm_server,
                                                    stop_speech: Recording) -> None:
     llm_server.push(Script(tokens=tokens(WEATHER), delay_s=0.01))
@@ -296,6 +319,62 @@ async def test_a_pause_mid_sentence_joins_the_two_utterances(companion_client,
     messages = await stored(client, ready["conversation_id"])
     assert [m["content"] for m in messages if m["role"] == "user"] == [
         "I would like a cup of tea."]
+    await ws.conn.close()
+
+
+async def test_a_client_that_leaves_mid_reply_keeps_only_what_it_was_sent(
+        companion_client, llm_server) -> None:
+    llm_server.push(Script(tokens=tokens(WEATHER) + ["More"] * 100, delay_s=0.03))
+    client, ws = await session(companion_client, llm_server)
+    ready = await ws.start()
+    await ws.send("text", text="Weather?")
+    await ws.until("audio_start", index=0)
+    await ws.until("binary")
+    llm = llm_server.requests[-1]
+    await ws.conn.close()
+    await llm.wait_closed(10)
+    assert not llm.completed
+    for _ in range(100):  # the runner stores the reply once it saw the client go
+        messages = await stored(client, ready["conversation_id"])
+        if messages[-1]["role"] == "assistant":
+            break
+        await asyncio.sleep(0.05)
+    reply = messages[-1]
+    assert reply["status"] == "interrupted"
+    assert reply["content"] in (SENTENCES[0], " ".join(SENTENCES[:2]))
+
+
+async def test_a_reload_moves_the_microphone_to_the_new_pipeline(
+        companion_client, llm_server, companion_config, question: Recording) -> None:
+    import yaml
+
+    from companion_engine.keys import ENGINE, TALK_SESSIONS
+
+    cfg = companion_config(profile=talking(llm_server))
+    client = await companion_client(cfg)
+    engine = client.server.app[ENGINE]
+    ws = await open_ws(client)
+    await ws.start()
+    await ws.audio(question.pcm())
+    await ws.until("vad", event="speech_end")
+    old = engine.pipeline
+    profile_path = cfg.path("profiles") / "default.yaml"
+    profile = yaml.safe_load(profile_path.read_text())
+    profile["speech"]["vad"] = {"webrtcvad": {"min_silence_ms": 400}}
+    profile_path.write_text(yaml.safe_dump(profile))
+    resp = await client.post("/-/reload")
+    assert resp.status == 200, await resp.text()
+    assert engine.pipeline is not old and not old.closed  # the session still holds it
+    await ws.audio(question.pcm())
+    await ws.until("vad", event="speech_end", utterance=2)
+    (session,) = client.server.app[TALK_SESSIONS]
+    assert session._listener_pipeline is engine.pipeline
+    assert session._listener.vad.name == "webrtcvad"
+    for _ in range(100):
+        if old.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert old.closed, "the old pipeline is released once no session or turn holds it"
     await ws.conn.close()
 
 

@@ -209,8 +209,12 @@ class Playout:
         part = event.get("part")
         final = event.get("final", True)
         if self._open_index != index or not part:
-            meta = {k: v for k, v in event.items() if k not in ("audio", "part", "final")}
-            meta.update(format="pcm16", sample_rate=rate, bytes=len(pcm))
+            meta = {k: v for k, v in event.items()
+                    if k not in ("audio", "part", "final", "offset_ms")}
+            whole = final is not False  # a sentence in parts: its length is not known yet
+            meta.update(format="pcm16", sample_rate=rate, bytes=len(pcm) if whole else None)
+            if not whole:
+                meta["duration_ms"] = None
             if not await self._pace():
                 return
             await self._send_json("audio_start", meta)

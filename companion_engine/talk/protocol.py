@@ -257,8 +257,9 @@ class AudioStartData(Data):
     display: str | None = None
     format: Literal["pcm16"]
     sample_rate: int
-    #: Bytes of PCM16 that follow, in binary messages, before ``audio_end``.
-    bytes: int
+    #: Bytes of PCM16 that follow, in binary messages, before ``audio_end`` (None for a
+    #: sentence sent in parts as it is synthesised: ``chunked_audio``).
+    bytes: int | None
     duration_ms: int | None
     visemes: list[dict[str, Any]]
 

@@ -149,6 +149,7 @@ class TalkSession:
         self._queued = 0
         self._transcribing: asyncio.Task[None] | None = None
         self._warned_no_stt = False
+        self._last_message = time.monotonic()
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ class TalkSession:
 
     async def run(self) -> None:
         code, reason = p.CLOSE_NORMAL, ""
+        self._spawn(self._watch_idle(), "ws-idle")
         try:
             while True:
                 msg = await self._receive()
@@ -203,16 +205,10 @@ class TalkSession:
                 await self.ws.close(code=code, message=reason.encode()[:120])
 
     async def _receive(self) -> web.WSMessage | None:
-        """The next data message; None once the client closed."""
+        """The next data message; None once the client (or the idle watch) closed."""
         while True:
-            timeout = self.limits.idle_timeout_s if self.started else self.limits.auth_timeout_s
-            try:
-                msg = await self.ws.receive(timeout=timeout)
-            except TimeoutError:
-                if self.started and self._busy():
-                    continue
-                what = "no message" if self.started else "no `start` message"
-                raise Close(p.CLOSE_IDLE, f"{what} for {timeout:g} s") from None
+            msg = await self.ws.receive()  # no timeout here: a timer per frame costs
+            self._last_message = time.monotonic()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 self.received += len(msg.data)
                 if self.received > self.limits.max_session_bytes:
@@ -229,6 +225,22 @@ class TalkSession:
 
     def _busy(self) -> bool:
         return self._reply is not None or self._transcribing is not None
+
+    async def _watch_idle(self) -> None:
+        """Close a session that sent nothing for too long (and is not being answered)."""
+        while not self.ws.closed:
+            limit = self.limits.idle_timeout_s if self.started else self.limits.auth_timeout_s
+            left = self._last_message + limit - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            if self.started and self._busy():
+                self._last_message = time.monotonic()
+                continue
+            what = "no message" if self.started else "no `start` message"
+            logger.info("ws session {} closed: idle", self.id)
+            await self.ws.close(code=p.CLOSE_IDLE, message=f"{what} for {limit:g} s".encode())
+            return
 
     async def _handle(self, msg: web.WSMessage) -> None:
         if msg.type == WSMsgType.BINARY:
