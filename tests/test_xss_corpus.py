@@ -325,6 +325,10 @@ FORBIDDEN_ELEMENTS = {"script", "iframe", "frame", "frameset", "object", "embed"
                       "animate", "set", "animatetransform", "animatemotion", "discard"}
 FETCHING = {"src", "srcset", "poster", "background", "lowsrc", "dynsrc", "data", "codebase",
             "href"}
+#: Attributes whose value a browser follows, loads or runs as a URL (alt, title and the like
+#: are only ever shown as text); SMIL ``values``/``to``/``from`` set other attributes' URLs.
+URL_ATTRS = FETCHING | {"action", "formaction", "cite", "longdesc", "usemap", "icon", "manifest",
+                        "archive", "classid", "profile", "values", "to", "from", "by", "content"}
 
 
 def whatwg(url: str) -> str:
@@ -381,7 +385,7 @@ def html_problems(markup: str, remote_images: bool) -> list[str]:
             name = _local(key)
             if name.startswith("on") or name in ("srcdoc", "ping"):
                 problems.append(f"<{tag} {name}>")
-            if runs_script(value):
+            if name in URL_ATTRS and any(runs_script(v) for v in re.split(r"[;,]", value)):
                 problems.append(f"<{tag} {name}={value!r}>")
             if name == "style" or "url(" in value.lower():
                 problems += [f"<{tag} {name}>: {p}" for p in css_problems(value, remote_images)]
