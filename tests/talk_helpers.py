@@ -8,31 +8,94 @@ the test generated, not against another detector.
 
 from __future__ import annotations
 
+import atexit
 import io
+import struct
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from companion_engine.speech import espeak
 from companion_engine.speech.wav import pcm_to_wav
 
 RATE = 16000
 _CACHE: dict[tuple[str, str, int], np.ndarray] = {}
 
+# espeak-ng's output for a text depends on everything it spoke before in the process: its
+# pitch flutter runs on one process-wide phase (wavegen.c's static Flutter_ix) and its noise
+# on one generator. A test's speech must not depend on which tests ran first, so each text is
+# spoken by a fresh fork of a helper process whose espeak-ng never spoke (noise seeded).
+_SPEAKER_SOURCE = r"""
+import ctypes, os, struct, sys, threading
+from loguru import logger
+from companion_engine.speech import espeak
+logger.remove()
+out = sys.stdout.buffer
+for line in sys.stdin:
+    voice, rate, text = line.rstrip("\n").split("\t", 2)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            engine = espeak.engine()
+            engine._ensure().espeak_ng_SetRandSeed(ctypes.c_long(1))
+            job = espeak._Job(cancel=threading.Event())
+            result = engine._synthesize(job, text, voice, int(rate), None, 100, False)
+            with os.fdopen(w, "wb") as f:
+                f.write(struct.pack("<I", result.sample_rate) + result.pcm)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    out.write(struct.pack("<I", len(data)) + data)
+    out.flush()
+"""
+_speaker: subprocess.Popen[bytes] | None = None
+_speaker_lock = threading.Lock()
+
+
+def _speak_fresh(text: str, voice: str, rate: int) -> tuple[bytes, int]:
+    """``text`` as espeak-ng speaks it the first time in a process: (PCM16, sample rate)."""
+    global _speaker
+    if "\n" in text or "\t" in text:
+        raise ValueError("one line of text, please")
+    with _speaker_lock:
+        if _speaker is None or _speaker.poll() is not None:
+            _speaker = subprocess.Popen([sys.executable, "-c", _SPEAKER_SOURCE],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            atexit.register(_stop_speaker, _speaker)
+        assert _speaker.stdin is not None and _speaker.stdout is not None
+        _speaker.stdin.write(f"{voice}\t{rate}\t{text}\n".encode())
+        _speaker.stdin.flush()
+        head = _speaker.stdout.read(4)
+        if len(head) < 4:
+            raise RuntimeError(f"the espeak-ng helper process died speaking {text!r}")
+        data = _speaker.stdout.read(struct.unpack("<I", head)[0])
+    if len(data) < 4:
+        raise RuntimeError(f"espeak-ng could not speak {text!r} (voice {voice!r})")
+    return data[4:], struct.unpack("<I", data[:4])[0]
+
+
+def _stop_speaker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()  # its loop ends
+    proc.wait(10)
+
 
 def speech(text: str, voice: str = "en-us", rate: int = 175) -> np.ndarray:
-    """``text`` spoken by the embedded espeak-ng, as float samples at 16 kHz (espeak runs on
-    its own thread; this waits for it, so call it from set-up code, not a coroutine)."""
+    """``text`` spoken by the embedded espeak-ng, as float samples at 16 kHz, the same
+    whatever was spoken before (it blocks: call it from set-up code, not a coroutine)."""
     key = (text, voice, rate)
     if key not in _CACHE:
-        engine = espeak.engine()
-        job = espeak._Job(cancel=threading.Event())
-        result = engine._executor.submit(engine._synthesize, job, text, voice, rate, None,
-                                         100, False).result()
-        pcm = np.frombuffer(result.pcm, "<i2").astype(np.float32) / 32768
-        n = int(len(pcm) * RATE / result.sample_rate)
-        _CACHE[key] = np.interp(np.arange(n) * result.sample_rate / RATE, np.arange(len(pcm)),
+        raw, sample_rate = _speak_fresh(text, voice, rate)
+        pcm = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+        n = int(len(pcm) * RATE / sample_rate)
+        _CACHE[key] = np.interp(np.arange(n) * sample_rate / RATE, np.arange(len(pcm)),
                                 pcm).astype(np.float32)
     return _CACHE[key]
 

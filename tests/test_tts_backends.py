@@ -84,6 +84,33 @@ async def test_espeak_serialises_concurrent_calls() -> None:
         assert abs(audio.duration_ms - alone.duration_ms) < 20
 
 
+def median_f0(wav: bytes) -> float:
+    """The median fundamental frequency of the loud 50 ms frames (autocorrelation)."""
+    np = pytest.importorskip("numpy")
+    with wave.open(io.BytesIO(wav), "rb") as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float)
+    n, lo, hi = rate // 20, rate // 400, rate // 60
+    found = []
+    for i in range(0, len(x) - n, n):
+        frame = x[i:i + n] - x[i:i + n].mean()
+        if np.abs(frame).max() >= 0.3 * np.abs(x).max():
+            ac = np.correlate(frame, frame, "full")[n - 1:]
+            found.append(rate / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(found))
+
+
+async def test_espeak_without_a_pitch_speaks_at_the_default_after_one_with_a_pitch() -> None:
+    """espeak-ng keeps parameters across calls (and voice changes): a voice with no pitch
+    must not speak at the pitch the previous sentence asked for."""
+    text = "Aaah, ooh, I see."
+    plain = median_f0((await EspeakTTS().synthesize(text, turn())).data)
+    high = median_f0((await EspeakTTS(EspeakTTS.Options(pitch=90)).synthesize(text, turn())).data)
+    again = median_f0((await EspeakTTS().synthesize(text, turn())).data)
+    assert high > 1.3 * plain
+    assert again == pytest.approx(plain, rel=0.1)
+
+
 def test_visemes_of_ipa_phonemes() -> None:
     assert [viseme_for(p) for p in ["p", "ˈoʊ", "f", "θ", "tʃ", "s", "ɹ", "", "ə"]] == [
         "PP", "oh", "FF", "TH", "CH", "SS", "RR", "sil", "E"]

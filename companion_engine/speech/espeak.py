@@ -40,6 +40,9 @@ _PARAM_PITCH = 3
 #: espeak's limits for ``rate`` (words per minute) and ``pitch``.
 RATE_RANGE = (80, 450)
 PITCH_RANGE = (0, 99)
+#: espeak-ng's own base pitch, what ``pitch=None`` means. Parameters outlive a voice
+#: change in espeak, so a call without a pitch must set this one back.
+DEFAULT_PITCH = 50
 
 
 class EspeakError(RuntimeError):
@@ -212,8 +215,7 @@ class Espeak:
                 raise UnknownEspeakVoice(f"unknown espeak voice {voice!r}")
         lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         lib.espeak_SetParameter(_PARAM_VOLUME, volume, 0)
-        if pitch is not None:
-            lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+        lib.espeak_SetParameter(_PARAM_PITCH, DEFAULT_PITCH if pitch is None else pitch, 0)
         self._settings = settings
 
     def _synthesize(self, job: _Job, text: str, voice: str, rate: int, pitch: int | None,
