@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -169,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            "SQLite database is private to each process (use a file or Redis)")
     if workers > 1 and ENV_FD not in os.environ:
         supervisor = Supervisor(worker_argv(args), config.server.host, config.server.port,
-                                workers)
+                                workers, grace_s=config.server.shutdown_grace_s)
         return asyncio.run(supervisor.run())
     asyncio.run(_serve(config, WorkerLink.from_env()))
     return 0
@@ -177,14 +178,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve(config: Any, link: Any = None) -> None:
     from aiohttp import web
-    from loguru import logger
 
     from companion_engine.app import create_app
     from companion_engine.keys import ENGINE
 
     app = create_app(config)
     app[ENGINE].link = link
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.server.shutdown_grace_s)
     try:
         await runner.setup()  # a stage failing its setup() stops here (ConfigError)
     except BaseException:
@@ -193,10 +194,36 @@ async def _serve(config: Any, link: Any = None) -> None:
     try:
         await _listen_and_wait(runner, config, link)
     finally:
-        logger.info("shutting down")
+        _on_second_signal(runner, config.server.shutdown_grace_s, worker=link is not None)
         await runner.cleanup()
         if link is not None:
             await link.aclose()
+
+
+def _on_second_signal(runner: Any, grace_s: float, *, worker: bool = False) -> None:
+    """Say how long stopping may take; a second SIGINT/SIGTERM closes every connection, so
+    turns in progress end now (interrupted, as when their clients leave). A worker hears
+    only its supervisor's SIGTERM (Ctrl-C reaches the whole process group)."""
+    from loguru import logger
+
+    server = runner.server
+    busy = [conn for conn in (server.connections if server is not None else [])
+            if getattr(conn, "_request_in_progress", False)]
+    if busy:
+        logger.info("shutting down: {} request(s) in progress get up to {:g} s to finish "
+                    "(a second Ctrl-C stops them now)", len(busy), grace_s)
+    else:
+        logger.info("shutting down")
+
+    def now() -> None:
+        logger.info("second signal: closing every connection")
+        for conn in list(server.connections if server is not None else []):
+            conn.force_close()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, now)
 
 
 async def _listen_and_wait(runner: Any, config: Any, link: Any = None) -> None:
@@ -233,8 +260,10 @@ async def _listen_and_wait(runner: Any, config: Any, link: Any = None) -> None:
         link.start(stop.set)
         link.ready()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # A worker leaves Ctrl-C to its supervisor, which stops it with SIGTERM (a second
+    # Ctrl-C: a second SIGTERM, which ends its turns at once).
+    loop.add_signal_handler(signal.SIGINT, (lambda: None) if link is not None else stop.set)
     if hasattr(signal, "SIGHUP"):
         def on_hup() -> None:
             if engine.reloader is not None:

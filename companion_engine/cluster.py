@@ -86,8 +86,8 @@ async def sync(engine: Engine) -> None:
     engine.model_override = override if isinstance(override, str) and override else None
     engine.characters.adopt_active(values.get(ACTIVE_CHARACTER))
     generation = values.get(CHARACTERS_GENERATION)
-    if generation is not None and generation != engine.stash.get(CHARACTERS_GENERATION):
-        engine.stash[CHARACTERS_GENERATION] = generation
+    if generation is not None and generation != engine.characters_generation:
+        engine.characters_generation = generation
         await engine.characters.rescan()
 
 
@@ -124,7 +124,7 @@ async def characters_changed(engine: Engine) -> None:
     if not engine.needs_sync:
         return
     generation = uuid.uuid4().hex
-    engine.stash[CHARACTERS_GENERATION] = generation  # we already know our own change
+    engine.characters_generation = generation  # we already know our own change
     try:
         await engine.store.set_setting(CHARACTERS_GENERATION, generation)
     except Exception as exc:
@@ -169,7 +169,7 @@ async def shared_ctx(app: web.Application) -> AsyncIterator[None]:
     await engine.shared.start(handle)
     if engine.needs_sync:
         values = await engine.store.get_settings([CHARACTERS_GENERATION, MODEL_OVERRIDE])
-        engine.stash[CHARACTERS_GENERATION] = values.get(CHARACTERS_GENERATION)
+        engine.characters_generation = values.get(CHARACTERS_GENERATION)
         await sync(engine)
     else:
         override = await engine.store.get_setting(MODEL_OVERRIDE)

@@ -96,6 +96,9 @@ class ServerConfig(ConfigModel):
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     #: Serving processes on the one port (``auto``: one per core); see docs/deploy.md.
     workers: int | Literal["auto"] = Field(default=1)
+    #: Seconds a stopping server gives turns in progress to finish before it interrupts
+    #: them (their partial replies are stored as interrupted); a second signal: at once.
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("workers")
     @classmethod

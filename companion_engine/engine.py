@@ -76,6 +76,9 @@ class Engine:
         self.shared: SharedState
         #: True when other processes write the store too: settings are read per request.
         self.needs_sync = False
+        #: The card folder's generation this engine has seen (``cluster``: a peer's write
+        #: changes it in the store, and engines that see a new one rescan).
+        self.characters_generation: str | None = None
         #: The line to the supervisor when this is one of ``server.workers``.
         self.link: WorkerLink | None = None
         self._closing: set[asyncio.Task[None]] = set()

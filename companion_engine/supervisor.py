@@ -36,8 +36,9 @@ from loguru import logger
 
 #: Environment of a worker: its index, the count, and its end of the supervisor's socket.
 ENV_ID, ENV_COUNT, ENV_FD = "COMPANION_WORKER_ID", "COMPANION_WORKERS", "COMPANION_WORKER_FD"
-#: Seconds a worker gets to finish its streams after SIGTERM before it is killed.
-STOP_GRACE_S = 30.0
+#: Seconds a worker gets beyond its own ``server.shutdown_grace_s`` to exit after SIGTERM
+#: before it is killed.
+STOP_MARGIN_S = 5.0
 #: A worker that ran shorter than this before dying is restarted after a growing delay.
 STABLE_S = 10.0
 MAX_BACKOFF_S = 10.0
@@ -143,7 +144,7 @@ class Supervisor:
     """Starts, watches and stops the workers of one ``companion serve``."""
 
     def __init__(self, argv: list[str], host: str, port: int, count: int,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, grace_s: float = 10.0) -> None:
         #: ``companion serve`` arguments of a worker, without ``--port``.
         self.argv = argv
         self.host = host
@@ -153,6 +154,8 @@ class Supervisor:
         self.env = env or {}
         self.workers = [Worker(i) for i in range(count)]
         self.stopping = False
+        #: Seconds the workers give turns in progress when they stop.
+        self.grace_s = grace_s
         self.failed: str | None = None
         self._stop = asyncio.Event()
         self._announced = False
@@ -192,6 +195,8 @@ class Supervisor:
     def _request_stop(self) -> None:
         # At once, not when run() resumes: Ctrl-C reaches the workers too, and one that
         # exits first must not be restarted.
+        if self.stopping:  # a second signal: the workers stop their turns at once too
+            self._signal_all(signal.SIGTERM)
         self.stopping = True
         self._stop.set()
 
@@ -288,10 +293,11 @@ class Supervisor:
         procs = [w.proc for w in self.workers if w.proc is not None]
         waits = [asyncio.ensure_future(p.wait()) for p in procs]
         if waits:
-            _, pending = await asyncio.wait(waits, timeout=STOP_GRACE_S)
+            limit = self.grace_s + STOP_MARGIN_S
+            _, pending = await asyncio.wait(waits, timeout=limit)
             if pending:
                 logger.warning("{} worker(s) did not stop in {:.0f} s; killing them",
-                               len(pending), STOP_GRACE_S)
+                               len(pending), limit)
                 self._signal_all(signal.SIGKILL)
                 await asyncio.gather(*pending, return_exceptions=True)
         for worker in self.workers:
