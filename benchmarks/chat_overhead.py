@@ -7,17 +7,27 @@ server can send them) three ways, interleaved so machine noise hits all alike:
 
 1. baseline: a plain ``litellm.acompletion(stream=True)`` loop in this process against
    the same server, reading ``delta.content``: the least any LiteLLM-based server does;
-2. each engine: ``POST /api/chat/stream`` (server-managed history, so storage is in),
-   read to ``done``; the default output sanitizers + ``stop_at_role_leak``, the sentence
-   splitter, speech off.
+2. each engine, through each route asked for (``--routes``), the same turn:
+   ``api``: ``POST /api/chat/stream`` with server-managed history (``message`` +
+   ``conversation_id``, so storage is in), read to ``done``;
+   ``api-messages``: the same route with client-managed history (``messages``, nothing
+   stored), the like-for-like baseline of
+   ``v1``: ``POST /v1/chat/completions`` (``model: companion``, ``stream: true``,
+   ``stream_options.include_usage``), OpenAI's chunks read to ``data: [DONE]``
+   (issue 14: the ``/v1`` stream costs no more per token than ``/api/chat/stream``).
+   The default output sanitizers + ``stop_at_role_leak``, the sentence splitter,
+   speech off.
 
 Reported (median of the runs): wall time per token, the engine's extra time per token
 over the plain loop (goal on the LiteLLM path: < 20 µs), the turn's ratio to the plain
 loop (goal on the native path: < 1.0), and CPU per token of the engine process (read
 from outside, all threads, LiteLLM's background work after the turn included; goal on
-the native path: <= 60 µs) next to the plain loop's own CPU per token.
+the native path: <= 60 µs) next to the plain loop's own CPU per token; with ``v1`` and
+``api-messages`` both measured, ``/v1`` minus ``/api`` per token (wall and engine CPU,
+median of the per-run differences).
 
-    .venv/bin/python benchmarks/chat_overhead.py [--tokens 2000] [--runs 7] [--paths litellm,native]
+    .venv/bin/python benchmarks/chat_overhead.py [--tokens 2000] [--runs 7]
+        [--paths litellm,native] [--routes api,api-messages,v1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from harness import (
     print_table,
     session,
     stream_chat,
+    stream_openai,
     words,
 )
 
@@ -59,17 +70,32 @@ def profile_for(llm: LLMServerProcess, path: str, ollama: bool) -> dict:
             "speech": {"enabled": False}}
 
 
-async def engine_turn(engine: EngineProcess, llm: LLMServerProcess,
-                      tokens: list[str]) -> tuple[float, float]:
-    """(wall seconds, engine CPU seconds) of one streamed turn."""
+ROUTES = {
+    "api": "/api/chat/stream, server history",
+    "api-messages": "/api/chat/stream, client history",
+    "v1": "/v1/chat/completions",
+}
+
+
+async def engine_turn(engine: EngineProcess, llm: LLMServerProcess, tokens: list[str],
+                      route: str = "api") -> tuple[float, float]:
+    """(wall seconds, engine CPU seconds) of one streamed turn through ``route``."""
     await llm.push({"tokens": tokens})
+    messages = [{"role": "user", "content": "go"}]
     async with session() as s:
         cpu0 = engine.cpu_s()
-        r = await stream_chat(s, engine.url, {"message": "go",
-                                              "conversation_id": uuid.uuid4().hex})
+        if route == "v1":
+            r = await stream_openai(s, engine.url, {
+                "model": "companion", "messages": messages,
+                "stream_options": {"include_usage": True}})
+        elif route == "api-messages":
+            r = await stream_chat(s, engine.url, {"messages": messages})
+        else:
+            r = await stream_chat(s, engine.url, {"message": "go",
+                                                  "conversation_id": uuid.uuid4().hex})
         cpu1 = await engine.cpu_after_settle()
-    assert r.done is not None, (r.status, r.error, r.body[:300])
-    assert r.done["full_content"] == "".join(tokens), r.done["full_content"][:80]
+    assert r.done is not None, (route, r.status, r.error, r.body[:300])
+    assert r.done["full_content"] == "".join(tokens), (route, r.done["full_content"][:80])
     return r.wall, cpu1 - cpu0
 
 
@@ -79,11 +105,17 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--paths", default="litellm,native",
                     help="comma-separated engine LLM paths: litellm, native")
+    ap.add_argument("--routes", default="api",
+                    help="comma-separated routes each engine is measured through: "
+                         + ", ".join(f"{k} ({v})" for k, v in ROUTES.items()))
     ap.add_argument("--ollama", action="store_true", help="the Ollama protocol (NDJSON)")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="py-spy each engine during the measured runs (DIR/chat-PATH.txt)")
     args = ap.parse_args()
     paths = [p for p in args.paths.split(",") if p]
+    routes = [r for r in args.routes.split(",") if r]
+    if unknown := set(routes) - set(ROUTES):
+        raise SystemExit(f"unknown routes: {', '.join(sorted(unknown))}")
     if "native" in paths and "native" not in LLMConfig.model_fields:
         print("(no native LLM path in this engine: measuring litellm only)")
         paths = [p for p in paths if p != "native"]
@@ -99,17 +131,21 @@ async def main() -> None:
         for _ in range(2):
             await plain_litellm_turn(llm, words(50), ollama=args.ollama)
             for engine in engines.values():
-                await engine_turn(engine, llm, words(50))
+                for route in routes:
+                    await engine_turn(engine, llm, words(50), route)
         plain: list[tuple[float, float]] = []
-        turns: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+        turns: dict[tuple[str, str], list[tuple[float, float]]] = {
+            (p, r): [] for p in paths for r in routes}
         spies = []
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             spies = [PySpy(e.pid, args.profile / f"chat-{p}.txt") for p, e in engines.items()]
-        for _ in range(args.runs):
+        for i in range(args.runs):
             plain.append(await plain_litellm_turn(llm, tokens, ollama=args.ollama))
             for path, engine in engines.items():
-                turns[path].append(await engine_turn(engine, llm, tokens))
+                # the routes' order turns each run, so no route always goes first
+                for route in routes[i % len(routes):] + routes[:i % len(routes)]:
+                    turns[path, route].append(await engine_turn(engine, llm, tokens, route))
         for spy in spies:
             spy.stop()
             print(f"profile: {spy.path}")
@@ -125,17 +161,30 @@ async def main() -> None:
           "processes\n")
     rows = [("plain LiteLLM loop (client process)", f"{base_wall * us:.1f}", "—", "1.00",
              f"{median(c for _, c in plain) * us:.1f}")]
-    for path, runs in turns.items():
+    for (path, route), runs in turns.items():
         extra = median((w - pw) * us for (w, _), (pw, _) in zip(runs, plain, strict=True))
         ratio = median(w / pw for (w, _), (pw, _) in zip(runs, plain, strict=True))
-        rows.append((f"engine, {path} path (`companion serve`)",
+        label = f"engine, {path} path" + (f", {ROUTES[route]}" if routes != ["api"] else "")
+        rows.append((f"{label} (`companion serve`)",
                      f"{median(w for w, _ in runs) * us:.1f}", f"{extra:+.1f}", f"{ratio:.2f}",
                      f"{median(c for _, c in runs) * us:.1f}"))
     print_table(["what", "wall µs/token", "extra µs/token vs plain loop",
                  "turn / plain loop", "CPU µs/token"], rows)
+    if "v1" in routes and len(routes) > 1:
+        print("\n/v1/chat/completions minus /api/chat/stream, per token (median of the "
+              "per-run differences, same engine, same turn):\n")
+        diff_rows = []
+        for path in paths:
+            for base in (r for r in routes if r != "v1"):
+                pairs = list(zip(turns[path, "v1"], turns[path, base], strict=True))
+                diff_rows.append((path, ROUTES[base],
+                                  f"{median((v - a) * us for (v, _), (a, _) in pairs):+.1f}",
+                                  f"{median((v - a) * us for (_, v), (_, a) in pairs):+.1f}"))
+        print_table(["path", "against", "wall µs/token", "engine CPU µs/token"], diff_rows)
     print(f"\n(plain loop turn: {base_wall * 1000:.0f} ms; "
-          f"engine turns: " + ", ".join(f"{p} {median(w for w, _ in r) * 1000:.0f} ms"
-                                         for p, r in turns.items()) + ")")
+          f"engine turns: " + ", ".join(
+              f"{p}{'' if routes == ['api'] else ' ' + r} {median(w for w, _ in t) * 1000:.0f} ms"
+              for (p, r), t in turns.items()) + ")")
     print(f"measured at {time.strftime('%Y-%m-%d %H:%M')}")
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion_engine.chat.sse import encode_event
+from companion_engine.chat.openai import Completion
+from companion_engine.chat.sse import encode_data, encode_event
 from companion_engine.llm import (
     LLMTimeout,
     ModelTarget,
@@ -31,6 +32,18 @@ def test_any_data_is_one_line_and_round_trips(event: str, data: dict[str, Any]) 
     raw = encode_event(event, data).decode()
     assert raw.count("\n") == 3 and raw.endswith("\n\n")
     assert parse_sse(raw) == [(event, json.loads(json.dumps(data)))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.sampled_from(["companion", "companion/seraphina", "openai/gpt-4o"]))
+def test_openai_content_chunk_is_the_whole_chunk_encoded(text: str, model: str) -> None:
+    """A token's chunk is built from a frame encoded once: byte for byte what encoding
+    the whole chunk gives (lone surrogates and quotes included), and one data line."""
+    completion = Completion(model=model)
+    raw = completion.content_data(text)
+    assert raw == encode_data(completion.chunk({"content": text}))
+    assert raw.startswith(b"data: ") and raw.count(b"\n") == 2 and raw.endswith(b"\n\n")
+    assert completion.content_data(text) == raw  # the cached frame gives the same again
 
 
 TARGET = ModelTarget("openai/x", "openai", "http://127.0.0.1:9/v1", "k", "local")

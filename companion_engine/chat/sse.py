@@ -76,6 +76,12 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def encode_json(value: Any) -> bytes:
+    """One value as the events' JSON (``_dumps``): e.g. a token's text alone, for a
+    frame whose JSON around it was encoded once."""
+    return _dumps(value)
+
+
 def encode_data(data: dict[str, Any]) -> bytes:
     """``data: <one-line JSON>\n\n`` with no ``event:`` line (OpenAI's stream format)."""
     return b"data: %s\n\n" % _dumps(data)

@@ -254,7 +254,7 @@ async def _stream(request: web.Request, engine: Engine, pipeline: Pipeline,
     async def emit(event: str, data: dict[str, Any]) -> None:
         if event == "content":
             if data["content"]:
-                await send(completion.chunk({"content": data["content"]}))
+                await writer.send_bytes(completion.content_data(data["content"]))
         elif event in ("audio_ready", "audio_chunk"):
             await send(completion.chunk(completion.audio_delta(data)))
         elif event == "provider_connected":
