@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -267,18 +267,30 @@ async def test_redis_killed_and_restarted_mid_run(
         status, _ = await call(http, "POST", engine.url + "/api/chat", headers=new_client(),
                                json={"messages": [{"role": "user", "content": "warm"}]})
         assert status == 200
+
+    def refused() -> int:
+        return sum(n for (_, s), n in statuses.items() if s == 503)
+
+    async def until(what: str, check: Callable[[], bool]) -> None:
+        """A phase lasts until the load has shown it, however slow a loaded machine is
+        (fixed sleeps saw no outage when the engines were starved of CPU)."""
+        deadline = asyncio.get_running_loop().time() + 60
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, (what, statuses)
+            await asyncio.sleep(0.05)
+
     tasks = [asyncio.create_task(c) for c in (chatter(0), chatter(1), uploader(), reader())]
     try:
-        await asyncio.sleep(1.0)
+        await until("turns and cards acknowledged before the kill",
+                    lambda: len(acked_turns) >= 4 and len(acked_cards) >= 2)
         redis_server.kill()
-        down = 0
-        for _ in range(100):  # until the outage is noticed (a loaded machine is slow)
-            await asyncio.sleep(0.1)
-            down = sum(n for (kind, s), n in statuses.items() if s == 503)
-            if down and _ >= 15:
-                break
+        await until("a request noticed the outage", lambda: refused() > 0)
+        down = refused()
+        await asyncio.sleep(1.0)  # the load goes on against the dead store a while
         redis_server.start()
-        await asyncio.sleep(1.5)
+        turns_before = len(acked_turns)
+        await until("turns acknowledged again after the restart",
+                    lambda: len(acked_turns) >= turns_before + 2)
     finally:
         stop.set()
         await asyncio.gather(*tasks)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from companion_engine.config import AppConfig
 from companion_engine.testing.llmserver import LLMTestServer
@@ -60,6 +60,13 @@ def companion_client(
         if plugins is not None:
             host = PluginHost.load(cfg.path("plugins"), entry_points=False,
                                    extra=[(m.__name__, m) for m in plugins])
-        return await aiohttp_client(create_app(cfg, plugins=host))
+        server = TestServer(create_app(cfg, plugins=host))
+        try:
+            return await aiohttp_client(server)
+        except BaseException:
+            # aiohttp_client only closes clients that started: an app failing its start-up
+            # would keep what it had opened (the store's thread, the HTTP session).
+            await server.close()
+            raise
 
     return make
