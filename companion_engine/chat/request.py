@@ -48,7 +48,7 @@ class ChatMessage(BaseModel):
 def _one_history_schema(schema: dict[str, Any]) -> None:
     """What ``_one_history`` checks, as JSON Schema: ``messages`` or ``message``, not both
     (the last of ``messages`` being the user's is said in words: no keyword says "last")."""
-    schema["oneOf"] = [
+    schema["anyOf"] = [
         {"required": ["messages"], "properties": {"messages": {"type": "array"},
                                                   "message": {"type": "null"}}},
         {"required": ["message"], "properties": {"message": {"type": "string"},
