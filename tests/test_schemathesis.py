@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 KEY = "schemathesis-key-0123456789abcdef"
 MODEL = "openai/test-model"
 #: Cases per operation in the fuzzing phase (the coverage phase makes its own).
-EXAMPLES = int(os.environ.get("COMPANION_SCHEMATHESIS_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("COMPANION_SCHEMATHESIS_EXAMPLES", "4"))
 SEED = os.environ.get("COMPANION_SCHEMATHESIS_SEED", "20261201")
 #: (phases, fuzzing cases per operation, key) of each run. With the key, the coverage
 #: phase's thousands of boundary cases (every request must pass them) and a few random
