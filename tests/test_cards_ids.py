@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion_engine.cards.ids import MAX_ID_LENGTH, is_valid_id, path_in, slugify, unique_id
+from companion_engine.cards.ids import (
+    MAX_ID_LENGTH,
+    RESERVED,
+    is_valid_id,
+    path_in,
+    slugify,
+    unique_id,
+)
 
 
 @pytest.mark.parametrize(("text", "slug"), [
@@ -30,12 +37,12 @@ def test_slugify(text: str, slug: str) -> None:
 @given(st.text(max_size=200))
 def test_slugify_gives_a_valid_id_or_nothing(text: str) -> None:
     slug = slugify(text)
-    assert slug == "" or is_valid_id(slug)
+    assert slug == "" or is_valid_id(slug) or slug in RESERVED
 
 
 @pytest.mark.parametrize("value", [
     "", "..", "a/b", "a\x00", "abc\n", "-abc", "_abc", "ABC", "a.b", "ｓｅｒａ", "é", "a" * 65,
-    "%2e%2e", None, 5,
+    "%2e%2e", None, 5, "upload",
 ])
 def test_invalid_ids(value: object) -> None:
     assert not is_valid_id(value)
@@ -46,6 +53,7 @@ def test_unique_id_suffixes_and_falls_back() -> None:
     assert unique_id(["Sera"], taken.__contains__) == "sera-3"
     assert unique_id(["アクア", "aqua"], taken.__contains__) == "aqua"
     assert unique_id(["アクア"], taken.__contains__) == "character"
+    assert unique_id(["Upload"], taken.__contains__) == "upload-2"  # the upload route's name
     long = "y" * 64
     got = unique_id([long], {long}.__contains__)
     assert got == "y" * 62 + "-2" and is_valid_id(got)

@@ -98,15 +98,15 @@ async def test_a_failed_turn_is_retried_in_place(client: TestClient,
 
 async def test_regenerate_refusals(client: TestClient, llm_server: LLMTestServer) -> None:
     await send(client, "POST", "/api/conversations", json={"conversation_id": "g0"})
-    greeting_only = await send(client, "POST", "/api/conversations/g0/regenerate", 422)
+    greeting_only = await send(client, "POST", "/api/conversations/g0/regenerate", 409)
     assert "greeting" in greeting_only["error"]
     await send(client, "POST", "/api/conversations/none/regenerate", 404)
     await send(client, "POST", "/api/conversations", json={"conversation_id": "e0",
                                                            "character_id": "ann"})
     engine = client.app[ENGINE]  # type: ignore[index]
     await engine.store.delete_messages("e0", 0, expected_version=None)
-    await send(client, "POST", "/api/conversations/e0/regenerate", 422)
-    await send(client, "POST", "/api/conversations/e0/continue", 422)
+    await send(client, "POST", "/api/conversations/e0/regenerate", 409)
+    await send(client, "POST", "/api/conversations/e0/continue", 409)
     for bad in ({"version": "1"}, {"version": 0}, {"nope": 1}, {"voice": "../x"},
                 {"model": "bad model"}, {"audio_format": "flac"}, {"enable_tts": "yes"}):
         body = await send(client, "POST", "/api/conversations/g0/regenerate", 422, json=bad)
@@ -161,7 +161,7 @@ async def test_continue_with_the_nudge_appends_to_the_reply(client: TestClient,
     await send(client, "POST", "/api/chat", json={"message": "x", "conversation_id": "c3"})
     engine = client.app[ENGINE]  # type: ignore[index]
     await engine.store.delete_messages("c3", 2, expected_version=None)
-    await send(client, "POST", "/api/conversations/c3/continue", 422)
+    await send(client, "POST", "/api/conversations/c3/continue", 409)
 
 
 async def test_continue_with_prefill(make_client: MakeClient, llm_server: LLMTestServer,

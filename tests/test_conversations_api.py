@@ -59,7 +59,7 @@ async def test_create_a_conversation_with_a_chosen_greeting(client: TestClient) 
     missing = await send(client, "POST", "/api/conversations", 404,
                          json={"character_ids": ["ann", "nobody"]})
     assert missing["detail"] == {"missing": ["nobody"]}
-    await send(client, "POST", "/api/conversations", 422, json={"greeting": 9})
+    await send(client, "POST", "/api/conversations", 409, json={"greeting": 9})
     # the active character by default; a card without greeting opens an empty conversation
     default = await send(client, "POST", "/api/conversations", json={})
     assert default["data"]["character_id"] == "ann" and len(default["data"]["id"]) == 32
@@ -145,7 +145,7 @@ async def test_edit_delete_swipe_and_branch_with_versions(client: TestClient) ->
         "Good.", ["Good.", "Great!"])
     await send(client, "POST", "/api/conversations/e1/messages/4/swipe", 404,
                json={"swipe_index": 2, "version": 4})
-    await send(client, "POST", "/api/conversations/e1/messages/3/swipe", 422,
+    await send(client, "POST", "/api/conversations/e1/messages/3/swipe", 409,
                json={"swipe_index": 0, "version": 4})  # a user message
 
     branched = await send(client, "POST", "/api/conversations/e1/branch",

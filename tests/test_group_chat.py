@@ -148,14 +148,14 @@ async def test_list_order_and_the_json_reply(client: TestClient,
     events = await chat_events(client, {"message": "Ann?", "conversation_id": "l1",
                                         "character_id": "ann"})
     assert [d["character_id"] for n, d in events if n == "done"] == ["ann"]
-    await send(client, "POST", "/api/chat", 422,
+    await send(client, "POST", "/api/chat", 409,
                json={"message": "x", "conversation_id": "l1", "character_id": "bob"})
 
 
 async def test_manual_order_and_reply_by_name(client: TestClient,
                                               llm_server: LLMTestServer) -> None:
     data = await group(client, "m1", "manual")
-    refused = await send(client, "POST", "/api/chat", 422,
+    refused = await send(client, "POST", "/api/chat", 409,
                          json={"message": "Hi", "conversation_id": "m1"})
     assert "character_id" in refused["error"]
     assert (await conversation(client, "m1"))["version"] == data["version"]  # nothing stored
@@ -168,8 +168,8 @@ async def test_manual_order_and_reply_by_name(client: TestClient,
         await resp.read()
     assert sent(llm_server, -1)[-2:] == [("user", "Hi both"),
                                          ("system", "[Write the next reply only as Ann.]")]
-    await send(client, "POST", "/api/conversations/m1/reply", 422)  # manual: name one
-    await send(client, "POST", "/api/conversations/m1/reply?character_id=nobody", 422)
+    await send(client, "POST", "/api/conversations/m1/reply", 409)  # manual: name one
+    await send(client, "POST", "/api/conversations/m1/reply?character_id=nobody", 409)
     await send(client, "POST", "/api/conversations/m1/reply?character_id=Bad!", 422)
     await send(client, "POST", "/api/conversations/m1/reply?character_id=ann&x=1", 422)
     await send(client, "POST", "/api/conversations/none/reply?character_id=ann", 404)

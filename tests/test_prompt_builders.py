@@ -121,10 +121,10 @@ async def test_greeting_selection(index: int | None, expected: str) -> None:
                                 ("system", "Short replies, Kai.")]
 
 
-async def test_greeting_out_of_range_is_a_422() -> None:
+async def test_greeting_out_of_range_is_a_409() -> None:
     with pytest.raises(ApiError) as err:
         await assemble(character=aria(), greeting_index=3)
-    assert err.value.status == 422 and "2 alternate greeting" in err.value.error
+    assert err.value.status == 409 and "2 alternate greeting" in err.value.error
 
 
 async def test_no_greeting_once_the_conversation_has_history() -> None:

@@ -137,7 +137,7 @@ async def test_preview_lists_the_lore_the_budget_dropped(make_client: Any, make_
     (b"", 400, "empty"),
     ({}, 422, "send `messages`"),
     ({"message": "hi", "greeting": "one"}, 422, "greeting"),
-    ({"message": "hi", "greeting": 9}, 422, "greeting 9 does not exist"),
+    ({"message": "hi", "greeting": 9}, 409, "greeting 9 does not exist"),
     ({"message": "hi", "character_id": "nobody"}, 404, "character not found"),
     ({"message": "hi", "character_id": "../etc"}, 422, "character_id"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},

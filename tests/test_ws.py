@@ -537,7 +537,9 @@ async def test_openapi_describes_the_websocket(companion_client, llm_server) -> 
     client = await companion_client(profile=talking(llm_server))
     spec = await (await client.get("/openapi.json")).json()
     op = spec["paths"]["/api/ws"]["get"]
-    assert "101" in op["responses"] and "401" in op["responses"]
+    assert "101" in op["responses"]
+    # 401 is documented where a key is asked for: this server has none (loopback)
+    assert "401" not in op["responses"] and "security" not in spec
     assert {p["name"] for p in op["parameters"]} >= {"Upgrade", "Sec-WebSocket-Protocol"}
     assert "multipart/form-data" in spec["paths"]["/api/transcribe"]["post"]["requestBody"][
         "content"]

@@ -175,7 +175,7 @@ class FirstMessage(PromptBuilder):
         elif index <= len(card.alternate_greetings):
             text = card.alternate_greetings[index - 1]
         else:
-            raise ApiError(422, f"greeting {index} does not exist: {card.name} has "
+            raise ApiError(409, f"greeting {index} does not exist: {card.name} has "
                                 f"{len(card.alternate_greetings)} alternate greeting(s)",
                            {"loc": "greeting", "max": len(card.alternate_greetings)})
         text = expand(turn, text).strip()

@@ -36,7 +36,7 @@ def greeting_message(character: Character, user_name: str, index: int = 0, *,
     when the card has no such greeting text."""
     texts = greetings(character, user_name, group=group)
     if not 0 <= index < len(texts):
-        raise ApiError(422, f"greeting {index} does not exist: {character.name} has "
+        raise ApiError(409, f"greeting {index} does not exist: {character.name} has "
                             f"{len(texts) - 1} alternate greeting(s)",
                        {"loc": "greeting", "max": len(texts) - 1})
     if chosen is not None:

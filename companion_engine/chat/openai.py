@@ -16,14 +16,21 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from companion_engine.chat.request import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage
 from companion_engine.chat.sse import encode_data, encode_json
 from companion_engine.errors import ApiError
-from companion_engine.patterns import CHARACTER_ID, MODEL_NAME, check_voice_name
+from companion_engine.patterns import (
+    CHARACTER_ID,
+    MODEL_NAME,
+    NAMED,
+    check_voice_name,
+    ecma,
+    ref,
+)
 
 #: ``profile/<name>/<character_id>``: a profile file stem.
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -35,34 +42,81 @@ OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "
 AUDIO_FORMATS = {"wav": "wav", "pcm16": "pcm16", "mp3": "mp3", "opus": "opus"}
 #: Our finish reasons -> OpenAI's (a stage's own reason is ``stop`` there).
 FINISH = {"length": "length", "content_filter": "content_filter"}
+#: The roles a turn reads (``tool`` and ``function`` are refused with a 400: no tools here).
+ROLES = ("system", "developer", "user", "assistant")
+#: Content parts that carry text (others are refused with a 400).
+TEXT_PARTS = ("text", "input_text")
+
+
+def _id_part(regex: re.Pattern[str]) -> str:
+    """``regex`` (an anchored ``patterns`` name) as a piece of a longer JSON Schema pattern."""
+    return ecma(regex).removeprefix("^").removesuffix("$")
+
+
+#: The named schemas of the /v1 requests: what ``parse_model`` and ``/v1/audio/speech``'s
+#: voice check accept, as JSON Schema.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "OpenAIModelName": {"anyOf": [
+        {"const": "companion", "description": "the active character"},
+        {"type": "string", "pattern": f"^companion/{_id_part(CHARACTER_ID)}$",
+         "description": "`companion/<character_id>`: a character of the active profile"},
+        {"type": "string", "pattern": f"^profile/{_id_part(PROFILE_NAME)}"
+                                      f"(?:/{_id_part(CHARACTER_ID)})?$",
+         "description": "`profile/<name>/<character_id>` (or `profile/<name>`: its own "
+                        "character)"},
+        ref("ModelName"),
+    ], "description": "What to talk to; 404 (`model_not_found`) for a character or profile "
+                      "that does not exist. `GET /v1/models` lists them."},
+    "OpenAIVoice": {"anyOf": [
+        {"type": "string", "enum": sorted(OPENAI_VOICES),
+         "description": "OpenAI's voice names: the profile's own voice"},
+        ref("BackendVoice"),
+    ]},
+}
+
+
+def _text_part(schema: dict[str, Any]) -> None:
+    """The document offers the parts a turn reads: text (others are a 400)."""
+    schema["properties"]["type"] = {"type": "string", "enum": list(TEXT_PARTS)}
+    schema["properties"]["text"] = {"type": "string", "maxLength": MAX_CONTENT_CHARS}
+    schema["required"] = ["type", "text"]
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_text_part)
 
     type: str = Field(max_length=64)
     text: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
 
 
 class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"] = Field(
+        json_schema_extra={"enum": list(ROLES)})
     content: str | list[ContentPart] | None = None
     name: str | None = Field(default=None, max_length=100)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
 
 class AudioOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    voice: str = Field(default="alloy", max_length=100)
-    format: Literal["wav", "pcm16", "mp3", "opus", "flac", "aac"] = "wav"
+    #: Any voice name: one the backend lacks is an ``audio_error`` of the turn (as in
+    #: /api/chat), not a refused request.
+    voice: Annotated[str, WithJsonSchema({
+        NAMED: "VoiceName", "default": "alloy",
+        "description": "OpenAI's names (alloy, nova, ...) mean the profile's voice; other "
+                       "names are the backend's own (`GET /v1/audio/voices`)."})] = Field(
+        default="alloy", max_length=100)
+    #: flac and aac are OpenAI's too, and refused here (400): the document offers ours.
+    format: Annotated[Literal["wav", "pcm16", "mp3", "opus", "flac", "aac"],
+                      WithJsonSchema({NAMED: "AudioFormat"})] = "wav"
 
     @field_validator("voice")
     @classmethod
@@ -73,20 +127,26 @@ class AudioOutput(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """The body of ``POST /v1/chat/completions`` (unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    model: str = Field(
+    model: Annotated[str, WithJsonSchema({NAMED: "OpenAIModelName"})] = Field(
         max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9/_.:@+-]{0,199}$",
         description="`companion`, `companion/<character_id>`, `profile/<name>/<character_id>` "
                     "or a LiteLLM model string")
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    #: The conversation; the last message is the user's and has text (400 otherwise).
+    messages: list[OpenAIMessage] = Field(
+        min_length=1, max_length=MAX_MESSAGES,
+        description="The conversation so far; the last message is the user's, with text "
+                    f"(at most {MAX_CONTENT_CHARS} characters a message).")
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(
+        default=None, json_schema_extra={"anyOf": [{"type": "string"}, {
+            "type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]})
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)

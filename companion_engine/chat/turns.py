@@ -205,7 +205,7 @@ async def first_chat_turn(engine: Engine, pipeline: Pipeline, req: ChatRequest,
         order = group_speakers(engine, pipeline.profile.conversation, conversation,
                                req.message or "", requested=req.character_id)
         if not order:
-            raise ApiError(422, f"conversation {conversation.id} replies manually: name the "
+            raise ApiError(409, f"conversation {conversation.id} replies manually: name the "
                                 "speaker with character_id (one of "
                                 f"{', '.join(conversation.character_ids)})")
         character: Character | None = order[0]
@@ -293,10 +293,10 @@ def members_of(engine: Engine, conversation: Conversation) -> list[Character]:
 
 def member(members: Sequence[Character], conversation: Conversation,
            character_id: str) -> Character:
-    """The member ``character_id`` of the conversation; 422 when it is not one."""
+    """The member ``character_id`` of the conversation; 409 when it is not one."""
     found = next((m for m in members if m.id == character_id), None)
     if found is None:
-        raise ApiError(422, f"character {character_id} is not in conversation "
+        raise ApiError(409, f"character {character_id} is not in conversation "
                             f"{conversation.id} ({', '.join(conversation.character_ids)})")
     return found
 
@@ -332,7 +332,7 @@ async def _answering(engine: Engine, pipeline: Pipeline, conversation: Conversat
     history = _history(pipeline, conversation, conversation.messages[:upto],
                        new_message=False)
     if not history:
-        raise ApiError(422, f"conversation {conversation.id} has nothing to reply to: "
+        raise ApiError(409, f"conversation {conversation.id} has nothing to reply to: "
                             "send a message first")
     last = history.pop()
     turn = await _turn(engine, pipeline, user_message=last["content"], character=speaker,
@@ -355,7 +355,7 @@ async def regenerate_turn(engine: Engine, pipeline: Pipeline, conversation: Conv
     """A new reply in place of the last one (kept as a swipe). When the conversation
     ends with a user message (its reply failed or was deleted), a reply to it."""
     if not conversation.messages:
-        raise ApiError(422, f"conversation {conversation.id} is empty: nothing to regenerate")
+        raise ApiError(409, f"conversation {conversation.id} is empty: nothing to regenerate")
     index = len(conversation.messages) - 1
     last = conversation.messages[index]
     if last.role == "user":
@@ -363,9 +363,9 @@ async def regenerate_turn(engine: Engine, pipeline: Pipeline, conversation: Conv
         return await _answering(engine, pipeline, conversation, index + 1, speaker, options,
                                 Reply())
     if last.role != "assistant":
-        raise ApiError(422, f"the last message of {conversation.id} is a {last.role} message")
+        raise ApiError(409, f"the last message of {conversation.id} is a {last.role} message")
     if last.meta.get("greeting"):
-        raise ApiError(422, "the last message is the greeting: choose another of its swipes "
+        raise ApiError(409, "the last message is the greeting: choose another of its swipes "
                             "(POST …/messages/{index}/swipe) instead of regenerating it")
     speaker = _speaker_of(engine, conversation, last)
     return await _answering(engine, pipeline, conversation, index, speaker, options,
@@ -393,12 +393,12 @@ async def continue_turn(engine: Engine, pipeline: Pipeline, conversation: Conver
     (prefill) or with the continue nudge asking for the rest — and what it writes is
     appended to it."""
     if not conversation.messages or conversation.messages[-1].role != "assistant":
-        raise ApiError(422, f"the last message of {conversation.id} is not a reply: nothing "
+        raise ApiError(409, f"the last message of {conversation.id} is not a reply: nothing "
                             "to continue")
     index = len(conversation.messages) - 1
     last = conversation.messages[index]
     if not last.content:
-        raise ApiError(422, "the last reply is empty: regenerate it instead")
+        raise ApiError(409, "the last reply is empty: regenerate it instead")
     config = pipeline.profile.conversation
     speaker = _speaker_of(engine, conversation, last)
     prefill = config.continue_prefill
@@ -432,7 +432,7 @@ async def reply_turn(engine: Engine, pipeline: Pipeline, conversation: Conversat
                                last_speaker=last_speaker(conversation),
                                allow_self_responses=config.allow_self_responses)
         if speaker is None:
-            raise ApiError(422, f"conversation {conversation.id} replies manually: name the "
+            raise ApiError(409, f"conversation {conversation.id} replies manually: name the "
                                 "speaker with ?character_id=")
     return await _reply(engine, pipeline, conversation, speaker, options)
 

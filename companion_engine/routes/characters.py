@@ -23,12 +23,14 @@ from companion_engine.cards.formats import ParsedCard, card_from_object, parse_c
 from companion_engine.cards.ids import ID_PATTERN, is_valid_id
 from companion_engine.cards.macros import substitute
 from companion_engine.cards.model import Character
+from companion_engine.cards.schema import card_schemas
 from companion_engine.cards.store import CardFile, CharacterStore
 from companion_engine.cards.update import apply_patch, combine_patches, merge_patch, replace_card
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_json
+from companion_engine.openapi import ApiRoutes, add_schemas, json_response, parse_model, read_json
+from companion_engine.patterns import ref
 
 #: Largest card file or card body accepted (the original's limit).
 MAX_CARD_BYTES = 5 * 1024 * 1024
@@ -42,7 +44,12 @@ LIVE2D_KEYS = ("live2d_model_id", "live2d_model_path")
 EXTENSIONS_KEY = "companion_engine"
 TAGS = ["characters"]
 
-routes = ApiRoutes()
+routes = ApiRoutes(path_params={"id": ref("CharacterId")})
+add_schemas(card_schemas())
+#: ``/api/characters/{id}``, where ``upload`` is the upload route, never an id.
+CHARACTER = "/api/characters/{id:(?!upload$)[^{}/]+}"
+CARD_BODY = {"application/json": {"schema": ref("CardBody")}}
+CARD_UPDATE = {"application/json": {"schema": ref("CardUpdate")}}
 
 
 # --- response models (also the OpenAPI schema) -------------------------------------------------
@@ -140,19 +147,13 @@ class DeleteResponse(BaseModel):
     message: str
 
 
-class CardBody(BaseModel):
-    """A card (V1/V2/V3 object) or ``{character_data: card}``, plus the legacy live2d keys."""
+class Live2DKeys(BaseModel):
+    """The legacy ``live2d_*`` keys of a card body (kept in the card's ``extensions``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(strict=True)
 
-    character_data: dict[str, Any] | None = None
     live2d_model_id: str | None = None
     live2d_model_path: str | None = None
-
-
-class UpdateBody(CardBody):
-    """Changed card fields (JSON Merge Patch over ``data``), ``{character_data: ...}``
-    (a patch, or a whole card when it has ``spec``), and/or the legacy live2d keys."""
 
 
 class ExportQuery(BaseModel):
@@ -272,7 +273,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 def _split_body(body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(the card part, the legacy live2d keys) of a create/update body."""
     live2d = {k: body[k] for k in LIVE2D_KEYS if k in body}
-    parse_model(CardBody, live2d)  # type-checks the live2d values
+    parse_model(Live2DKeys, live2d)  # type-checks the live2d values
     rest = {k: v for k, v in body.items() if k not in LIVE2D_KEYS}
     if "character_data" not in rest:
         return rest, live2d
@@ -339,8 +340,10 @@ async def list_characters(request: web.Request) -> web.Response:
     return json_response(body.model_dump())
 
 
-@routes.post("/api/characters", body=CardBody, response=CharacterCreatedResponse, tags=TAGS,
-             errors=(400, 413, 422), summary="Create a character from a card object")
+@routes.post("/api/characters", body_content=CARD_BODY, response=CharacterCreatedResponse,
+             tags=TAGS, summary="Create a character from a card object",
+             description="The card is read as a card file is (see `CardBody`): the slips real "
+                         "cards carry are accepted with a warning in `validation`.")
 async def create_character(request: web.Request) -> web.Response:
     card, live2d = _split_body(await _json_object(request))
     try:
@@ -354,7 +357,7 @@ async def create_character(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/characters/upload", response=CharacterCreatedResponse, tags=TAGS,
-             body_content=UPLOAD_CONTENT, errors=(400, 413, 415, 422),
+             body_content=UPLOAD_CONTENT, errors=(400, 415, 422),
              summary="Import a JSON or PNG card file (V1, V2 or V3)")
 async def upload_character(request: web.Request) -> web.Response:
     data, filename = await _read_upload(request)
@@ -366,7 +369,7 @@ async def upload_character(request: web.Request) -> web.Response:
     return json_response(created(card))
 
 
-@routes.get("/api/characters/{id}", response=CharacterResponse, tags=TAGS, errors=(400, 404),
+@routes.get(CHARACTER, response=CharacterResponse, tags=TAGS,
             summary="Read a character (no side effects)")
 async def get_character(request: web.Request) -> web.Response:
     card = _card_file(request)
@@ -374,8 +377,8 @@ async def get_character(request: web.Request) -> web.Response:
     return json_response(body.model_dump())
 
 
-@routes.put("/api/characters/{id}", body=UpdateBody, response=CharacterResponse, tags=TAGS,
-            errors=(400, 404, 413, 422), summary="Update a character (partial or whole card)")
+@routes.put(CHARACTER, body_content=CARD_UPDATE, response=CharacterResponse,
+            tags=TAGS, summary="Update a character (partial or whole card)")
 async def update_character(request: web.Request) -> web.Response:
     card = _card_file(request)
     change, live2d = _split_body(await _json_object(request))
@@ -402,7 +405,7 @@ async def update_character(request: web.Request) -> web.Response:
     return json_response(CharacterResponse(data=detail(updated, store.active_id)).model_dump())
 
 
-@routes.delete("/api/characters/{id}", response=DeleteResponse, tags=TAGS, errors=(400, 404),
+@routes.delete(CHARACTER, response=DeleteResponse, tags=TAGS,
                summary="Delete a character and its card file")
 async def delete_character(request: web.Request) -> web.Response:
     card = _card_file(request)
@@ -412,7 +415,7 @@ async def delete_character(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/characters/{id}/activate", response=ActivateResponse, tags=TAGS,
-             errors=(400, 404), summary="Make a character the active one (persists)")
+             summary="Make a character the active one (persists)")
 async def activate_character(request: web.Request) -> web.Response:
     card = _card_file(request)
     c = card.character
@@ -429,8 +432,7 @@ async def activate_character(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/characters/{id}/export", query=ExportQuery, response_content=EXPORT_CONTENT,
-            tags=TAGS, errors=(400, 404, 422),
-            summary="Download the card as a V2 JSON or PNG file other tools import")
+            tags=TAGS, summary="Download the card as a V2 JSON or PNG file other tools import")
 async def export_character(request: web.Request) -> web.Response:
     card = _card_file(request)
     fmt = parse_model(ExportQuery, dict(request.query), "query").format

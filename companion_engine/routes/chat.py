@@ -23,7 +23,13 @@ from companion_engine.chat.turns import chat_turns
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_body
+from companion_engine.openapi import (
+    ApiRoutes,
+    json_response,
+    parse_model,
+    read_body,
+    without_null,
+)
 from companion_engine.stages import Transcript
 from companion_engine.talk.transcription import (
     AUDIO_FORM,
@@ -82,10 +88,16 @@ class ChatReply(BaseModel):
 
 
 #: The form of a spoken chat request: the audio and the JSON fields as form fields.
+_AUDIO = AUDIO_FORM["multipart/form-data"]["schema"]
 SPOKEN_FORM = {"multipart/form-data": {"schema": {
-    **AUDIO_FORM["multipart/form-data"]["schema"],
-    "description": "A spoken message: `audio` plus any field of the JSON body as a form field "
-                   "(`messages` as JSON text); the transcript is the message.",
+    **_AUDIO,
+    "properties": {**_AUDIO["properties"], **{
+        name: without_null(prop)
+        for name, prop in ChatRequest.model_json_schema()["properties"].items()
+        if name not in ("message", "messages", "stream")}},
+    "description": "A spoken message: `audio` plus the fields of the JSON body as form fields "
+                   "(also `messages`, as JSON text); the transcript is the message.",
+    "additionalProperties": False,
 }}}
 
 
@@ -94,7 +106,7 @@ async def read_chat(request: web.Request) -> tuple[ChatRequest, AudioUpload | No
     if not is_upload(request):
         return await read_body(request, ChatRequest), None
     upload = await read_audio_upload(request)
-    return parse_model(ChatRequest, _with_message(upload, "…")), upload
+    return parse_model(ChatRequest, _with_message(upload, "…"), strict=False), upload
 
 
 def _with_message(upload: AudioUpload, text: str) -> dict[str, Any]:
@@ -123,7 +135,8 @@ async def _spoken(engine: Engine, pipeline: Any, upload: AudioUpload
     transcript = await transcribe_upload(pipeline, upload, turn)
     if not transcript.text.strip():
         raise ApiError(422, "no speech was recognised in the audio", transcript.as_dict())
-    return parse_model(ChatRequest, _with_message(upload, transcript.text)), transcript
+    return parse_model(ChatRequest, _with_message(upload, transcript.text),
+                       strict=False), transcript
 
 
 @routes.post("/api/chat/stream", body=ChatRequest, body_content=SPOKEN_FORM,

@@ -30,13 +30,21 @@ from companion_engine.chat.turns import (
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_body
+from companion_engine.openapi import (
+    ApiRoutes,
+    json_response,
+    not_null,
+    parse_model,
+    read_body,
+)
 from companion_engine.patterns import (
-    CHARACTER_ID,
     CONVERSATION_ID,
-    AudioFormat,
-    check_model_name,
-    check_voice_name,
+    CharacterId,
+    ConversationId,
+    ModelName,
+    RequestAudioFormat,
+    VoiceName,
+    ref,
 )
 from companion_engine.routes.chat import SSE_DOC
 from companion_engine.store import (
@@ -52,7 +60,9 @@ from companion_engine.store import (
     VersionConflict,
 )
 
-routes = ApiRoutes()
+#: A message's place in a conversation, as the path says it (digits).
+INDEX = {"type": "integer", "minimum": 0, "maximum": 999_999_999}
+routes = ApiRoutes(path_params={"id": ref("ConversationId"), "index": INDEX})
 
 MAX_GROUP = 16
 MAX_TITLE = 200
@@ -147,61 +157,66 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_character_id(v: str | None) -> str | None:
-    if v is not None and not CHARACTER_ID.fullmatch(v):
-        raise ValueError("must match ^[a-z0-9][a-z0-9_-]{0,63}$")
-    return v
-
-
-def _check_conversation_id(v: str | None) -> str | None:
-    if v is not None and not CONVERSATION_ID.fullmatch(v):
-        raise ValueError("must be 1-128 letters, digits, '_', '-', '.', ':'")
-    return v
-
-
 def _check_character_ids(v: list[str] | None) -> list[str] | None:
-    if v is None:
-        return v
-    for cid in v:
-        if not CHARACTER_ID.fullmatch(cid):
-            raise ValueError(f"{cid!r}: character ids match ^[a-z0-9][a-z0-9_-]{{0,63}}$")
-    if len(set(v)) != len(v):
+    if v is not None and len(set(v)) != len(v):
         raise ValueError("a character takes part once")
     return v
 
 
+#: Characters of a conversation: each once.
+UNIQUE = {"uniqueItems": True}
+
+
+def _members_not_null(schema: dict[str, Any]) -> None:
+    not_null(schema)
+    schema.update(UNIQUE)
+
+
 class ListQuery(Query):
-    character_id: str | None = None
+    character_id: CharacterId | None = None
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=1_000_000)
 
-    _id = field_validator("character_id")(_check_character_id)
+
+def _group_greeting(schema: dict[str, Any]) -> None:
+    """A group opens with each member's first greeting: ``greeting`` is one character's."""
+    schema["anyOf"] = [
+        {"properties": {"character_ids": {"anyOf": [{"type": "null"}, {"maxItems": 1}]}}},
+        {"properties": {"greeting": {"const": 0}}},
+    ]
 
 
 class CreateConversation(Body):
     """A new conversation, opened with each character's greeting. Several
-    ``character_ids`` make a group chat."""
+    ``character_ids`` make a group chat (then ``greeting`` is 0 or left out); with both,
+    ``character_id`` is one of ``character_ids``."""
 
-    character_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_GROUP)
+    model_config = ConfigDict(json_schema_extra=_group_greeting)
+
+    character_ids: list[CharacterId] | None = Field(default=None, min_length=1,
+                                                    max_length=MAX_GROUP,
+                                                    json_schema_extra=UNIQUE)
     #: One character (the same as ``character_ids: [id]``); default: the active one.
-    character_id: str | None = None
+    character_id: CharacterId | None = None
     reply_order: ReplyOrder = "natural"
-    conversation_id: str | None = None
+    conversation_id: ConversationId | None = None
     title: str | None = Field(default=None, max_length=MAX_TITLE)
     #: Which greeting opens a one-character conversation (0 = ``first_mes``).
     greeting: int = Field(default=0, ge=0, le=1000)
     user_name: str | None = Field(default=None, min_length=1, max_length=100)
 
     _ids = field_validator("character_ids")(_check_character_ids)
-    _id = field_validator("character_id")(_check_character_id)
-    _cid = field_validator("conversation_id")(_check_conversation_id)
 
 
 class UpdateConversation(Body):
     version: int = Field(ge=1)
+    #: null: no title.
     title: str | None = Field(default=None, max_length=MAX_TITLE)
-    reply_order: ReplyOrder | None = None
-    character_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_GROUP)
+    #: Left out: unchanged (never null).
+    reply_order: ReplyOrder | None = Field(default=None, json_schema_extra=not_null)
+    character_ids: list[CharacterId] | None = Field(
+        default=None, min_length=1, max_length=MAX_GROUP,
+        json_schema_extra=_members_not_null)
 
     _ids = field_validator("character_ids")(_check_character_ids)
 
@@ -225,9 +240,7 @@ class Branch(Body):
     at: int = Field(ge=0)
     version: int | None = Field(default=None, ge=1)
     #: The new conversation's id (default: a random one).
-    conversation_id: str | None = None
-
-    _cid = field_validator("conversation_id")(_check_conversation_id)
+    conversation_id: ConversationId | None = None
 
 
 class TurnRequest(Body):
@@ -235,34 +248,37 @@ class TurnRequest(Body):
 
     #: The version the client read: 409 before anything runs when it is stale.
     version: int | None = Field(default=None, ge=1)
-    model: str | None = None
+    model: ModelName | None = None
     user_name: str | None = Field(default=None, min_length=1, max_length=100)
     enable_tts: bool | None = None
-    voice: str | None = Field(default=None, max_length=100)
-    audio_format: AudioFormat | None = None
+    voice: VoiceName | None = None
+    audio_format: RequestAudioFormat | None = None
     chunked_audio: bool | None = None
-
-    _model = field_validator("model")(check_model_name)
-    _voice = field_validator("voice")(check_voice_name)
 
 
 class ReplyQuery(Query):
-    character_id: str | None = None
+    character_id: CharacterId | None = None
 
-    _id = field_validator("character_id")(_check_character_id)
+
+def _speaker(schema: dict[str, Any]) -> None:
+    """``character_id`` names the speaker of an assistant message, so it needs that role."""
+    schema["anyOf"] = [
+        {"properties": {"character_id": {"type": "null"}}},
+        {"required": ["role"], "properties": {"role": {"const": "assistant"}}},
+    ]
 
 
 class AddMessage(Body):
     """A message added without a reply (a user's message in a manual group, an import)."""
 
+    model_config = ConfigDict(json_schema_extra=_speaker)
+
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     role: Literal["user", "assistant", "system"] = "user"
     #: The speaker of an assistant message (a member of the conversation).
-    character_id: str | None = None
+    character_id: CharacterId | None = None
     user_name: str | None = Field(default=None, min_length=1, max_length=100)
     version: int | None = Field(default=None, ge=1)
-
-    _id = field_validator("character_id")(_check_character_id)
 
 
 class AuthorsNote(Body):
@@ -301,7 +317,8 @@ def message_index_of(request: web.Request) -> int:
 
 @contextmanager
 def store_errors() -> Iterator[None]:
-    """The store's refusals as HTTP errors: 404, 409 (stale or taken), 422."""
+    """The store's refusals as HTTP errors: 404, 409 (stale, taken, or what the
+    conversation's state refuses)."""
     try:
         yield
     except VersionConflict as exc:
@@ -311,8 +328,8 @@ def store_errors() -> Iterator[None]:
         raise ApiError(409, str(exc), {"conversation_id": exc.conversation_id}) from None
     except (ConversationNotFound, MessageNotFound) as exc:
         raise ApiError(404, str(exc)) from None
-    except InvalidEdit as exc:
-        raise ApiError(422, str(exc)) from None
+    except InvalidEdit as exc:  # a valid request the conversation's state refuses
+        raise ApiError(409, str(exc)) from None
     except StoreError as exc:  # pragma: no cover - every kind is mapped above
         raise ApiError(400, str(exc)) from None
 
@@ -390,7 +407,7 @@ async def create_conversation(request: web.Request) -> web.Response:
     if not ids:
         active = engine.characters.active()
         if active is None:
-            raise ApiError(422, "no character: send character_ids (no character is active)")
+            raise ApiError(409, "no character: send character_ids (no character is active)")
         ids = [active.id]
     check_characters(engine, ids)
     group = len(ids) > 1
@@ -524,7 +541,7 @@ async def add_message(request: web.Request) -> web.Response:
             raise ApiError(422, "character_id names the speaker of an assistant message")
         card = engine.characters.get(body.character_id)
         if card is None or body.character_id not in conversation.character_ids:
-            raise ApiError(422, f"character {body.character_id} is not in conversation "
+            raise ApiError(409, f"character {body.character_id} is not in conversation "
                                 f"{conversation_id}")
         meta |= {"character_id": card.id, "character": card.display_name}
     message = StoredMessage(body.role, body.content, meta=meta)
@@ -563,7 +580,7 @@ async def stream_planned(request: web.Request, conversation_id: str, body: TurnR
         return await stream_turns(request, engine, pipeline, single(planned), speak=speak)
 
 
-@routes.post("/api/conversations/{id}/regenerate", body=TurnRequest,
+@routes.post("/api/conversations/{id}/regenerate", body=TurnRequest, body_required=False,
              response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
              summary="A new last reply; the previous one is kept as a swipe",
              description=TURN_DOC)
@@ -573,7 +590,7 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
     return await stream_planned(request, conversation_id, body, regenerate_turn)
 
 
-@routes.post("/api/conversations/{id}/continue", body=TurnRequest,
+@routes.post("/api/conversations/{id}/continue", body=TurnRequest, body_required=False,
              response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
              summary="More of the last (interrupted) reply, appended to it",
              description=TURN_DOC)
@@ -583,7 +600,8 @@ async def continue_reply(request: web.Request) -> web.StreamResponse:
     return await stream_planned(request, conversation_id, body, continue_turn)
 
 
-@routes.post("/api/conversations/{id}/reply", body=TurnRequest, query=ReplyQuery,
+@routes.post("/api/conversations/{id}/reply", body=TurnRequest, body_required=False,
+             query=ReplyQuery,
              response_content=SSE_DOC, tags=TAGS, errors=TURN_ERRORS,
              summary="One character speaks (a group member: ?character_id=)",
              description=TURN_DOC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from companion_engine import hookimpl
 from companion_engine.chat.sse import timestamp
@@ -15,6 +15,7 @@ from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.llm import ModelError, start_background_import, validate_model
 from companion_engine.openapi import ApiRoutes, json_response, parse_model, read_json
+from companion_engine.patterns import ModelName
 
 routes = ApiRoutes()
 
@@ -39,13 +40,14 @@ class ModelsStatus(BaseModel):
 class SwitchModel(BaseModel):
     """``new_model`` as a JSON body (the query parameter works too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    new_model: str = Field(min_length=1, max_length=200)
+    new_model: ModelName
 
 
 class SwitchQuery(BaseModel):
-    new_model: str | None = None
+    #: Legacy: the model in the query instead of the body (it wins over the body's).
+    new_model: ModelName | None = None
 
 
 class Switched(BaseModel):
@@ -90,23 +92,31 @@ async def models_status(request: web.Request) -> web.Response:
 
 
 async def _requested_model(request: web.Request) -> str:
-    """``new_model`` from the query, else from the JSON body."""
+    """``new_model`` from the query (legacy; it wins), else from the JSON body. Each one
+    sent is checked, so a bad body is refused even next to a good query."""
+    sent: list[str] = []
     if "new_model" in request.query:
-        return request.query["new_model"]
+        sent.append(request.query["new_model"])
     if request.can_read_body and request.content_length != 0:
-        return parse_model(SwitchModel, await read_json(request)).new_model
-    raise ApiError(400, "send new_model in the query (?new_model=...) or the JSON body "
-                   '({"new_model": "..."})')
-
-
-@routes.post("/api/models/switch", body=SwitchModel, query=SwitchQuery, response=Switched,
-             tags=["models"], summary="Switch the active model", errors=(400, 422, 503))
-async def switch_model(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+        sent.append(parse_model(SwitchModel, await read_json(request)).new_model)
+    if not sent:
+        raise ApiError(400, "send new_model in the query (?new_model=...) or the JSON body "
+                       '({"new_model": "..."})')
     try:
-        model = await validate_model(await _requested_model(request))
+        checked = [await validate_model(model) for model in sent]
     except ModelError as exc:
         raise ApiError(400, str(exc)) from None
+    return checked[0]
+
+
+@routes.post("/api/models/switch", body=SwitchModel, body_required=False, query=SwitchQuery,
+             response=Switched,
+             tags=["models"], summary="Switch the active model", errors=(400, 422, 503),
+             description="`new_model` in the JSON body (or, legacy, in the query). 400: a "
+                         "provider LiteLLM does not know.")
+async def switch_model(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    model = await _requested_model(request)
     previous = engine.active_model
     await choose_model(engine, model)  # every engine on the store follows
     if engine.llm.needs_litellm():
@@ -120,9 +130,9 @@ async def switch_model(request: web.Request) -> web.Response:
 
 
 # The original frontend switches through the chat router.
-routes.post("/api/chat/switch", body=SwitchModel, query=SwitchQuery, response=Switched,
-            tags=["models"], summary="Switch the active model (alias of /api/models/switch)",
-            errors=(400, 422))(switch_model)
+routes.post("/api/chat/switch", body=SwitchModel, body_required=False, query=SwitchQuery,
+            response=Switched, tags=["models"], errors=(400, 422, 503),
+            summary="Switch the active model (alias of /api/models/switch)")(switch_model)
 
 
 @hookimpl

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from companion_engine import hookimpl
 from companion_engine.chat.openai import (
     AUDIO_FORMATS,
     OPENAI_VOICES,
+    SCHEMAS,
     ChatCompletionRequest,
     Completion,
     Target,
@@ -38,15 +39,22 @@ from companion_engine.chat.turns import make_turn
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError, ConfigError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.openapi import (
+    ApiRoutes,
+    add_live_schemas,
+    add_schemas,
+    json_response,
+    read_body,
+)
 from companion_engine.openapi import parse_model as validate
-from companion_engine.patterns import check_voice_name
+from companion_engine.patterns import NAMED, NOT_BLANK, check_voice_name
 from companion_engine.pipeline import Pipeline
 from companion_engine.speech import formats
 from companion_engine.speech.speak import speak_text
 
 routes = ApiRoutes()
 TAGS = ["openai"]
+add_schemas(SCHEMAS)
 
 #: HTTP status of a non-streamed completion for each turn error type.
 ERROR_STATUS = {"provider_offline": 503, "provider_error": 502, "timeout": 504,
@@ -99,12 +107,15 @@ class OpenAIChatCompletion(BaseModel):
 class OpenAISpeechRequest(BaseModel):
     """The body of ``POST /v1/audio/speech`` (unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(default="tts-1", min_length=1, max_length=200)
-    input: str = Field(min_length=1, max_length=4096)
-    voice: str = Field(default="alloy", min_length=1, max_length=100)
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    input: str = Field(min_length=1, max_length=4096, json_schema_extra={"pattern": NOT_BLANK})
+    voice: Annotated[str, WithJsonSchema({NAMED: "OpenAIVoice"})] = Field(
+        default="alloy", min_length=1, max_length=100)
+    #: aac and flac are OpenAI's too, and refused here (400): the document offers ours.
+    response_format: Annotated[Literal["mp3", "opus", "aac", "flac", "wav", "pcm"],
+                               WithJsonSchema({NAMED: "SpeechFormat"})] = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     instructions: str | None = Field(default=None, max_length=4096)
 
@@ -197,7 +208,7 @@ def _audio_format(body: ChatCompletionRequest, pipeline: Pipeline) -> str | None
                          "speech run as for /api/chat/stream. `modalities: [\"text\", "
                          "\"audio\"]` adds the companion's voice (`delta.audio` / "
                          "`message.audio`).",
-             errors=(400, 401, 404, 413, 422, 429, 500, 502, 503, 504))
+             errors=(400, 404, 500, 502, 503, 504))
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = await read_body(request, ChatCompletionRequest)
@@ -298,14 +309,14 @@ async def list_model_ids(engine: Engine) -> list[dict[str, Any]]:
 
 @routes.get("/v1/models", response=OpenAIModelList, tags=TAGS, error_model=OpenAIError,
             summary="Models: the companions, every character, and the providers' models",
-            errors=(401, 429))
+            errors=())
 async def list_models(request: web.Request) -> web.Response:
     data = await list_model_ids(request.app[ENGINE])
     return json_response({"object": "list", "data": data})
 
 
 @routes.get("/v1/models/{model:.+}", response=OpenAIModel, tags=TAGS, error_model=OpenAIError,
-            summary="One model", errors=(401, 404, 429),
+            summary="One model", errors=(404,),
             path_params={"model": {"type": "string", "minLength": 1, "maxLength": 200}})
 async def get_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
@@ -321,6 +332,19 @@ async def get_model(request: web.Request) -> web.Response:
 SPEECH_FORMATS = {"mp3": "mp3", "opus": "opus", "wav": "wav", "pcm": "pcm16"}
 
 
+def speech_formats() -> dict[str, dict[str, Any]]:
+    """``SpeechFormat``: the ``response_format`` values this install encodes (mp3 and
+    opus need PyAV)."""
+    return {"SpeechFormat": {
+        "type": "string", "default": "mp3",
+        "enum": [f for f, ours in SPEECH_FORMATS.items() if formats.unavailable(ours) is None],
+        "description": "`mp3`, `opus` (Ogg), `wav` or `pcm` (raw 16-bit little-endian mono at "
+                       "`X-Sample-Rate`); mp3 and opus with PyAV installed."}}
+
+
+add_live_schemas(speech_formats)
+
+
 @routes.post("/v1/audio/speech", body=OpenAISpeechRequest, response_content=AUDIO_DOC, tags=TAGS,
              error_model=OpenAIError, summary="Speak a text with the profile's TTS backend",
              description="The profile's lexicon, speech cleaners and TTS backend, as "
@@ -328,7 +352,7 @@ SPEECH_FORMATS = {"mp3": "mp3", "opus": "opus", "wav": "wav", "pcm": "pcm16"}
                          "profile's voice; other names are the backend's own voices "
                          "(GET /v1/audio/voices). `pcm` is raw 16-bit mono samples at the "
                          "rate in `X-Sample-Rate`.",
-             errors=(400, 401, 409, 413, 422, 429, 502))
+             errors=(400, 409, 422, 502))
 async def speech(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_body(request, OpenAISpeechRequest)
@@ -348,7 +372,7 @@ async def speech(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/audio/voices", response=OpenAIVoiceList, tags=TAGS, error_model=OpenAIError,
-            summary="Voices of the profile's TTS backend", errors=(401, 429, 502))
+            summary="Voices of the profile's TTS backend", errors=(502,))
 async def voices(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     async with engine.lease() as pipeline:

@@ -115,7 +115,7 @@ class PromptPreview(BaseModel):
 
 @routes.post("/api/prompt/preview", body=ChatRequest, response=PromptPreview,
              summary="The assembled prompt and activated lorebook entries, without the LLM",
-             tags=["prompt"], errors=(400, 404, 413, 422, 500))
+             tags=["prompt"], errors=(404, 409, 500))
 async def preview_prompt(request: web.Request) -> web.Response:
     from companion_engine.chat.turns import first_chat_turn  # the chat runner's own builder
 

@@ -19,7 +19,7 @@ from companion_engine.configload import redact
 from companion_engine.engine import Engine
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, build_spec, json_response
+from companion_engine.openapi import ApiRoutes, build_spec, json_response, live_schemas
 
 SERVICE = "Companion Engine"
 routes = ApiRoutes()
@@ -214,7 +214,7 @@ async def api_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/-/plugins", response=PluginsListing, summary="Loaded plugins and load failures",
-            tags=["introspection"], errors=(401,))
+            tags=["introspection"])
 async def plugins(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     listing = engine.plugins.listing()
@@ -225,7 +225,7 @@ async def plugins(request: web.Request) -> web.Response:
 
 
 @routes.get("/-/config", summary="The running config and profile, secrets redacted",
-            tags=["introspection"], errors=(401,))
+            tags=["introspection"])
 async def config_view(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return json_response({
@@ -236,7 +236,7 @@ async def config_view(request: web.Request) -> web.Response:
     })
 
 
-@routes.post("/-/reload", response=ReloadResult, tags=["introspection"], errors=(401, 422),
+@routes.post("/-/reload", response=ReloadResult, tags=["introspection"], errors=(422,),
              summary="Reload config, profile and characters now, on every engine")
 async def reload_now(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
@@ -258,7 +258,9 @@ async def reload_now(request: web.Request) -> web.Response:
 @routes.get("/openapi.json", summary="OpenAPI 3 description of this API", tags=["service"],
             errors=())
 async def openapi_json(request: web.Request) -> web.Response:
-    return json_response(build_spec(request.app, title=SERVICE, version=__version__))
+    schemas = await live_schemas(request.app[ENGINE])
+    return json_response(build_spec(request.app, title=SERVICE, version=__version__,
+                                    schemas=schemas))
 
 DOCS_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Companion Engine API</title>

@@ -11,7 +11,7 @@ from companion_engine import hookimpl
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.openapi import ApiRoutes, json_response, read_body
-from companion_engine.patterns import AudioFormat, check_voice_name
+from companion_engine.patterns import NOT_BLANK, BackendVoice, RequestAudioFormat
 from companion_engine.speech.speak import speak_text
 
 routes = ApiRoutes()
@@ -26,14 +26,15 @@ CONTENT_TYPES = {"aac": "audio/aac", "flac": "audio/flac"}
 class TTSRequest(BaseModel):
     """Text to speak with the active profile's backend and cleaners."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS)
+    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS,
+                      json_schema_extra={"pattern": NOT_BLANK})
     #: A voice of the backend (see ``GET /api/tts/voices``); default: the profile's.
-    voice: str | None = Field(default=None, max_length=100)
+    voice: BackendVoice | None = None
     #: ``wav``, ``pcm16``, ``opus`` or ``mp3``; default: the profile's ``speech.audio_format``,
     #: else the backend's own (WAV).
-    audio_format: AudioFormat | None = None
+    audio_format: RequestAudioFormat | None = None
 
     @field_validator("text")
     @classmethod
@@ -41,11 +42,6 @@ class TTSRequest(BaseModel):
         if not v.strip():
             raise ValueError("text is blank")
         return v
-
-    @field_validator("voice")
-    @classmethod
-    def _voice_name(cls, v: str | None) -> str | None:
-        return check_voice_name(v)
 
 
 class Voices(BaseModel):

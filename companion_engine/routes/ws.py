@@ -69,7 +69,7 @@ async def handshake_authenticated(request: web.Request) -> bool:
                         "`{type, data}` JSON (the chat stream's events plus `ready`, `vad`, "
                         "`transcript_partial`, `transcript`, `audio_start`, `audio_end`, "
                         "`interrupted`, `pong`) and binary PCM16 reply audio. See docs/ws.md.",
-            errors=(400, 401, 403, 429, 503))
+            errors=(400, 503))
 async def websocket(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     limits = engine.config.server.websocket

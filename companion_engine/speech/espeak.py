@@ -211,7 +211,12 @@ class Espeak:
             spec = _Voice()
             language = ctypes.c_char_p(voice.encode())
             spec.languages = ctypes.cast(language, ctypes.c_void_p)
-            if voice not in known or lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
+            # A listed id that its language does not find (Cherokee, "chr-US-Qaaa-x-west")
+            # is found by the voice file it came from ("iro/chr").
+            files = [v["identifier"] for v in self._voices if v["id"] == voice]
+            if voice not in known or (
+                    lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0
+                    and not any(lib.espeak_SetVoiceByName(f.encode()) == 0 for f in files)):
                 raise UnknownEspeakVoice(f"unknown espeak voice {voice!r}")
         lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         lib.espeak_SetParameter(_PARAM_VOLUME, volume, 0)

@@ -39,7 +39,7 @@ RAW_AUDIO_TYPES = ("audio/", "video/webm", "video/ogg", "application/ogg",
 AUDIO_FORM = {"multipart/form-data": {"schema": {
     "type": "object",
     "properties": {
-        "audio": {"type": "string", "format": "binary",
+        "audio": {"type": "string", "format": "binary", "minLength": 1,
                   "description": "WAV, Ogg/Opus, WebM/Opus (as MediaRecorder makes it), MP3, "
                                  "M4A, FLAC or raw PCM16 (with `sample_rate`); `file` works too"},
         "language": {"type": "string", "description": "ISO 639-1 hint, e.g. `en`"},
