@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,24 @@ async def start(make_client: MakeClient, tmp_path: Path, server: LLMTestServer,
                              config=config or {})
 
 
+#: The SDK clients a test made, closed after it on its own event loop (one left to the
+#: garbage collector schedules its close on whatever loop runs then, a later test's, where
+#: it fails: "Task exception was never retrieved ... Event loop is closed").
+_sdk_clients: list[openai.AsyncOpenAI] = []
+
+
 def sdk(client: TestClient, key: str = "none") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key,
-                              max_retries=0, timeout=30)
+    api = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key,
+                             max_retries=0, timeout=30)
+    _sdk_clients.append(api)
+    return api
+
+
+@pytest.fixture(autouse=True)
+async def _close_sdk_clients() -> AsyncIterator[None]:
+    yield
+    while _sdk_clients:
+        await _sdk_clients.pop().close()
 
 
 def sent_messages(server: LLMTestServer) -> list[dict[str, str]]:
@@ -111,13 +127,13 @@ async def test_sync_sdk_stream_and_not(make_client: MakeClient, tmp_path: Path,
     base = str(client.make_url("/v1"))
 
     def talk() -> tuple[str, str]:
-        sync = openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=30)
-        whole = sync.chat.completions.create(
-            model="companion", messages=[{"role": "user", "content": "one"}])
-        parts = sync.chat.completions.create(
-            model="companion", messages=[{"role": "user", "content": "two"}], stream=True)
-        return (whole.choices[0].message.content or "",
-                "".join(c.choices[0].delta.content or "" for c in parts if c.choices))
+        with openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=30) as sync:
+            whole = sync.chat.completions.create(
+                model="companion", messages=[{"role": "user", "content": "one"}])
+            parts = sync.chat.completions.create(
+                model="companion", messages=[{"role": "user", "content": "two"}], stream=True)
+            return (whole.choices[0].message.content or "",
+                    "".join(c.choices[0].delta.content or "" for c in parts if c.choices))
 
     llm_server.push(Script(tokens=["First", " reply."]), Script(tokens=["Second", " reply."]))
     assert await asyncio.to_thread(talk) == ("First reply.", "Second reply.")

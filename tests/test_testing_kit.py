@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -69,7 +70,7 @@ def store_threads() -> list[threading.Thread]:
             if t.is_alive() and "_connection_worker_thread" in t.name]
 
 
-async def test_an_app_failing_its_start_up_is_closed(companion_client, llm_server) -> None:  # type: ignore[no-untyped-def]
+async def test_an_app_failing_its_start_up_is_closed(companion_client, llm_server, caplog) -> None:  # type: ignore[no-untyped-def]
     """A plugin whose stage fails ``setup()``: the test sees the error, and what the app had
     opened is closed (a store thread left running keeps pytest from exiting)."""
     before = store_threads()
@@ -80,4 +81,8 @@ async def test_an_app_failing_its_start_up_is_closed(companion_client, llm_serve
             config={"store": {"url": "sqlite:///data/companion.db"}},
             plugin_files={"broken.py": FAILING_SETUP},
         )
+    for thread in set(store_threads()) - set(before):
+        thread.join(10)  # a closed connection's thread ends once it has read the stop
     assert store_threads() == before
+    gc.collect()  # an HTTP session left open says so when it is collected
+    assert "Unclosed" not in caplog.text

@@ -40,18 +40,21 @@ def companion_config(tmp_path: Path) -> Callable[..., AppConfig]:
     return make
 
 
-@pytest.fixture
-def companion_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],
+@pytest_asyncio.fixture
+async def companion_client(
     companion_config: Callable[..., AppConfig],
-) -> Callable[..., Awaitable[TestClient]]:
+) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
     """Start the real app for a config (or ``companion_config(**kwargs)``); return a client.
 
     ``plugins=[module, ...]`` loads those plugin modules (your package, uninstalled) with the
-    built-ins and the config's ``plugins/`` files, and no other installed plugin.
+    built-ins and the config's ``plugins/`` files, and no other installed plugin. Every
+    client is closed after the test, and one whose app failed its start-up at once (with
+    what that app had opened: its store, its HTTP session).
     """
     from companion_engine.app import create_app
     from companion_engine.plugins import PluginHost
+
+    clients: list[TestClient] = []
 
     async def make(app_config: AppConfig | None = None, /, *,
                    plugins: Sequence[ModuleType] | None = None, **kwargs: Any) -> TestClient:
@@ -60,13 +63,15 @@ def companion_client(
         if plugins is not None:
             host = PluginHost.load(cfg.path("plugins"), entry_points=False,
                                    extra=[(m.__name__, m) for m in plugins])
-        server = TestServer(create_app(cfg, plugins=host))
+        client: TestClient = TestClient(TestServer(create_app(cfg, plugins=host)))
         try:
-            return await aiohttp_client(server)
+            await client.start_server()
         except BaseException:
-            # aiohttp_client only closes clients that started: an app failing its start-up
-            # would keep what it had opened (the store's thread, the HTTP session).
-            await server.close()
+            await client.close()
             raise
+        clients.append(client)
+        return client
 
-    return make
+    yield make
+    while clients:
+        await clients.pop().close()
