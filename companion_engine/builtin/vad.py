@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from loguru import logger
@@ -61,12 +62,15 @@ class SileroVAD(VADBackend):
 
     def __init__(self, options: Options | None = None) -> None:
         super().__init__(options)
+        self._path: Path | None = None
         self._model: silero.SileroModel | None = None
         self._fallback: WebRTCVAD | None = None
 
     async def setup(self, engine: Engine) -> None:
+        """Check that the model can load; load it when the first frame is scored (a server
+        nobody talks to never pays ONNX Runtime's memory)."""
         try:
-            self._model = await asyncio.to_thread(silero.load)
+            self._path = await asyncio.to_thread(silero.check_available)
             return
         except silero.SileroUnavailable as exc:
             if not self.options.fallback:
@@ -92,9 +96,12 @@ class SileroVAD(VADBackend):
     def speech_probability(self, frame: bytes, state: Any) -> float:
         if self._fallback is not None:
             return self._fallback.speech_probability(frame, state)
-        if self._model is None:
-            raise RuntimeError("the Silero model is not loaded (setup() was not run)")
-        return self._model.probability(frame, state)
+        model = self._model
+        if model is None:  # the first frame (a worker thread: loading blocks only it)
+            if self._path is None:
+                raise RuntimeError("the Silero model is not available (setup() was not run)")
+            model = self._model = silero.load(self._path)
+        return model.probability(frame, state)
 
 
 @hookimpl

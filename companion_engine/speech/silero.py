@@ -44,6 +44,16 @@ def model_path() -> Path:
     raise SileroUnavailable(f"silero-vad is installed but has no data/{MODEL_FILE}")
 
 
+def check_available() -> Path:
+    """The model file, once ONNX Runtime and numpy are known to be installed (found, not
+    imported: they cost ~40 MB, paid when the first frame is scored)."""
+    path = model_path()
+    for module in ("numpy", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            raise SileroUnavailable(f"{module} is not installed; {INSTALL_HINT}")
+    return path
+
+
 _SESSIONS: dict[Path, Any] = {}
 _LOCK = threading.Lock()
 
