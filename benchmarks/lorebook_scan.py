@@ -143,11 +143,18 @@ def card(name: str, book: dict) -> dict:
 
 
 async def end_to_end(book: dict, chats: list[list[str]], requests: int,
-                     chat_turns: bool) -> None:
+                     chat_turns: bool, profile_dir: Path | None = None) -> None:
     """The same requests against the 10k-entry card and against the empty one."""
     import time as clock
 
-    from harness import EngineProcess, LLMServerProcess, llm_settings, session, stream_chat
+    from harness import (
+        EngineProcess,
+        LLMServerProcess,
+        PySpy,
+        llm_settings,
+        session,
+        stream_chat,
+    )
 
     llm = LLMServerProcess()
     await llm.set_default({"tokens": ["Yes", "."]})
@@ -182,10 +189,16 @@ async def end_to_end(book: dict, chats: list[list[str]], requests: int,
                 await preview(chat, "big")
                 await preview(chat, "empty")
             big, empty = [], []
+            spy = None
+            if profile_dir is not None:  # made by main()
+                spy = PySpy(engine.pid, profile_dir / "lorebook-preview.txt")
             for i in range(requests):
                 chat = chats[i % len(chats)]
                 big.append(await preview(chat, "big"))
                 empty.append(await preview(chat, "empty"))
+            if spy is not None:
+                spy.stop()
+                print(f"profile: {spy.path} (the previews, both books)")
             mb, me = statistics.median(w for w, _, _ in big), statistics.median(
                 w for w, _, _ in empty)
             cb, ce = statistics.median(c for _, c, _ in big), statistics.median(
@@ -232,13 +245,17 @@ def main() -> None:
     ap.add_argument("--chat", action="store_true", help="also time streamed chat turns")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="py-spy the engine during the end-to-end previews")
     args = ap.parse_args()
     rng = random.Random(42)
     vocab = vocabulary(rng, 6000)
     book = make_book(rng, vocab, args.entries, args.regex_share)
     chats = [make_chat(rng, vocab) for _ in range(args.turns)]
     if not args.no_e2e:
-        asyncio.run(end_to_end(book, chats, args.e2e_requests, args.chat))
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        asyncio.run(end_to_end(book, chats, args.e2e_requests, args.chat, args.profile))
     if args.no_micro:
         return
     print("\nin-process micro-benchmarks (diagnostics):")
