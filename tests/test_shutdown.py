@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from companion_engine.configload import load_config
+from companion_engine.errors import ConfigError
 from companion_engine.testing import Script, write_project
 from tests.process_helpers import ServeProcess, ThreadedLLM, get_json
 
@@ -152,3 +154,10 @@ def test_the_grace_period_ends_a_turn_that_outlasts_it(
     proc, stream = stop_mid_turn(project(tmp_path, llm, grace_s=0.5), llm, "Slow", "bounded")
     assert wait_exit(proc, 60) == 0
     assert_interrupted(proc.root, stream, "bounded", "Slow and")
+
+
+@pytest.mark.parametrize("value", [-1, 3601, "soon", [10], None, float("nan")])
+def test_a_bad_grace_period_is_a_config_error(tmp_path: Path, value: object) -> None:
+    file = write_project(tmp_path, None, {"server": {"shutdown_grace_s": value}})
+    with pytest.raises(ConfigError, match="shutdown_grace_s"):
+        load_config(file, env={})
