@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from companion_engine.configload import load_config
+from companion_engine.errors import ConfigError
 from companion_engine.testing import Script, write_project
 from tests.process_helpers import ServeProcess, ThreadedLLM, get_json
 
@@ -113,39 +115,49 @@ def test_a_turn_in_progress_finishes_when_the_server_is_stopped(
                                                    "complete")
 
 
-def test_a_second_signal_stops_a_turn_at_once_and_keeps_its_partial_reply(
-        tmp_path: Path, llm: ThreadedLLM) -> None:
-    root = project(tmp_path, llm, grace_s=600)
+def stop_mid_turn(root: Path, llm: ThreadedLLM, first: str, conversation_id: str
+                  ) -> tuple[ServeProcess, Stream]:
+    """A server streaming a turn far longer than any test waits for, sent SIGTERM once
+    its first words arrived."""
     proc = ServeProcess(root).start()
-    # Far longer than the test's patience: only the second signal can end this turn.
-    llm.push(Script(tokens=["Long"] + [" and"] * 2000, delay_s=0.1))
-    stream = Stream(proc.url, "forced")
+    llm.push(Script(tokens=[first] + [" and"] * 2000, delay_s=0.1))
+    stream = Stream(proc.url, conversation_id)
     assert stream.first_content.wait(30)
     proc.signal(signal.SIGTERM)
+    return proc, stream
+
+
+def assert_interrupted(root: Path, stream: Stream, conversation_id: str, start: str) -> None:
+    """The client got no ``done`` and the store kept the partial reply as interrupted."""
+    stream.join()
+    assert "done" not in stream.names()
+    reply = stored_reply(root, conversation_id)
+    assert reply["status"] == "interrupted"
+    assert reply["content"].startswith(start)
+
+
+def test_a_second_signal_stops_a_turn_at_once_and_keeps_its_partial_reply(
+        tmp_path: Path, llm: ThreadedLLM) -> None:
+    # Only the second signal can end this turn within the test's patience.
+    proc, stream = stop_mid_turn(project(tmp_path, llm, grace_s=600), llm, "Long", "forced")
     assert proc.proc is not None
     with pytest.raises(subprocess.TimeoutExpired):
         proc.proc.wait(1.0)  # the first signal waits for the turn
     proc.signal(signal.SIGTERM)
     assert wait_exit(proc, 30) == 0
-    stream.join()
-    assert "done" not in stream.names()
     assert "second signal: closing every connection" in proc.tail()
-    reply = stored_reply(root, "forced")
-    assert reply["status"] == "interrupted"
-    assert reply["content"].startswith("Long and")
+    assert_interrupted(proc.root, stream, "forced", "Long and")
 
 
 def test_the_grace_period_ends_a_turn_that_outlasts_it(
         tmp_path: Path, llm: ThreadedLLM) -> None:
-    root = project(tmp_path, llm, grace_s=0.5)
-    proc = ServeProcess(root).start()
-    llm.push(Script(tokens=["Slow"] + [" and"] * 2000, delay_s=0.1))
-    stream = Stream(proc.url, "bounded")
-    assert stream.first_content.wait(30)
-    proc.signal(signal.SIGTERM)
+    proc, stream = stop_mid_turn(project(tmp_path, llm, grace_s=0.5), llm, "Slow", "bounded")
     assert wait_exit(proc, 60) == 0
-    stream.join()
-    assert "done" not in stream.names()
-    reply = stored_reply(root, "bounded")
-    assert reply["status"] == "interrupted"
-    assert reply["content"].startswith("Slow and")
+    assert_interrupted(proc.root, stream, "bounded", "Slow and")
+
+
+@pytest.mark.parametrize("value", [-1, 3601, "soon", [10], None, float("nan")])
+def test_a_bad_grace_period_is_a_config_error(tmp_path: Path, value: object) -> None:
+    file = write_project(tmp_path, None, {"server": {"shutdown_grace_s": value}})
+    with pytest.raises(ConfigError, match="shutdown_grace_s"):
+        load_config(file, env={})
