@@ -2,7 +2,9 @@
 
 Engines share a store when ``store.url`` is Redis or ``server.workers`` > 1.
 Then three settings are read from the store at the start of each request
-(one round trip, ``Store.get_settings``) instead of trusted from memory:
+(``Store.get_settings``; on Redis, a request with a rate limit or a stream slot reads
+them in the same round trip as those, ``SharedState.admit``) instead of trusted from
+memory:
 
 - ``active_character``: ``POST /api/characters/{id}/activate`` on any engine;
 - ``model_override``: ``POST /api/models/switch`` on any engine;
@@ -74,14 +76,28 @@ def store_is_shared(engine: Engine) -> bool:
 # --- per request ------------------------------------------------------------------------------
 
 
-async def sync(engine: Engine) -> None:
-    """Adopt the shared settings (and rescan the cards when another engine changed them)."""
-    try:
-        values = await engine.store.get_settings(SYNCED)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        return  # keep what we knew; what needs the store answers 503 by itself
+#: The shared settings read with the request's admission (``security_middleware``), when
+#: the shared state read them: ``sync_middleware`` then reads nothing itself.
+SYNCED_SETTINGS = web.RequestKey("synced_settings", dict[str, Any])
+
+
+def settings_to_sync(engine: Engine, request: web.Request) -> tuple[str, ...]:
+    """The settings ``sync_middleware`` needs for ``request`` (none: it reads nothing)."""
+    if engine.needs_sync and not request.path.startswith(UNSYNCED_PREFIXES):
+        return SYNCED
+    return ()
+
+
+async def sync(engine: Engine, values: dict[str, Any] | None = None) -> None:
+    """Adopt the shared settings (and rescan the cards when another engine changed them);
+    ``values``: already read (``SYNCED_SETTINGS``)."""
+    if values is None:
+        try:
+            values = await engine.store.get_settings(SYNCED)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return  # keep what we knew; what needs the store answers 503 by itself
     override = values.get(MODEL_OVERRIDE)
     engine.model_override = override if isinstance(override, str) and override else None
     engine.characters.adopt_active(values.get(ACTIVE_CHARACTER))
@@ -104,8 +120,8 @@ async def worker_header(request: web.Request, response: web.StreamResponse) -> N
 @web.middleware
 async def sync_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    if engine.needs_sync and not request.path.startswith(UNSYNCED_PREFIXES):
-        await sync(engine)
+    if settings_to_sync(engine, request):
+        await sync(engine, request.get(SYNCED_SETTINGS))
     return await handler(request)
 
 

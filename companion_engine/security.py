@@ -33,11 +33,12 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from companion_engine.cli import is_loopback
+from companion_engine.cluster import SYNCED_SETTINGS, settings_to_sync
 from companion_engine.config import AppConfig
 from companion_engine.errors import ApiError
 from companion_engine.keys import ENGINE
 from companion_engine.ratelimit import retry_after
-from companion_engine.shared import SharedState
+from companion_engine.shared import RateLimit, SharedState
 
 # --- headers ---------------------------------------------------------------------------------
 
@@ -314,18 +315,14 @@ async def _check_key(request: web.Request, config: AppConfig, shared: SharedStat
 # --- abuse -----------------------------------------------------------------------------------
 
 
-async def _check_rate(request: web.Request, config: AppConfig, shared: SharedState,
-                      client: str, route: tuple[str, str]) -> None:
-    if route not in RATE_LIMITED:
-        return
+async def _rate_limited(request: web.Request, config: AppConfig, client: str,
+                        wait: float) -> ApiError:
+    await refused(request, RATE_SCOPE)
+    logger.info("rate limited {} {} from {}", request.method, request.path, client)
     limit = config.rate_limit
-    wait = await shared.take(RATE_SCOPE, client, limit.requests, limit.window_s)
-    if wait:
-        await refused(request, RATE_SCOPE)
-        logger.info("rate limited {} {} from {}", request.method, request.path, client)
-        raise ApiError(429, f"rate limit exceeded: {limit.requests} requests per "
-                            f"{limit.window_s:g} s; retry in {retry_after(wait)} s",
-                       headers={"Retry-After": retry_after(wait)})
+    return ApiError(429, f"rate limit exceeded: {limit.requests} requests per "
+                         f"{limit.window_s:g} s; retry in {retry_after(wait)} s",
+                    headers={"Retry-After": retry_after(wait)})
 
 
 async def refused(request: web.Request, reason: str) -> None:
@@ -372,12 +369,23 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     route = route_key(request)
     if route not in SELF_AUTH_ROUTES:
         await _check_key(request, config, shared, client, bearer_token(request))
-    await _check_rate(request, config, shared, client, route)
     cap = body_cap(request, config, route)
-    if route not in STREAM_ROUTES:
+    rate: RateLimit | None = None
+    if route in RATE_LIMITED:
+        rate = (RATE_SCOPE, config.rate_limit.requests, config.rate_limit.window_s)
+    limit = config.server.max_streams_per_ip if route in STREAM_ROUTES else None
+    if rate is None and limit is None:
         return await _run_capped(request, handler, cap)
-    limit = config.server.max_streams_per_ip
-    slot = await shared.acquire_stream(client, limit)
+    # The token, the stream slot and the settings sync_middleware needs: one round trip.
+    admission = await shared.admit(client, rate=rate, streams=limit,
+                                   settings=settings_to_sync(engine, request))
+    if admission.settings is not None:
+        request[SYNCED_SETTINGS] = admission.settings
+    if admission.wait:
+        raise await _rate_limited(request, config, client, admission.wait)
+    if limit is None:
+        return await _run_capped(request, handler, cap)
+    slot = admission.slot
     if slot is None:
         await refused(request, "streams")
         raise ApiError(429, f"too many open chat streams from this client (limit {limit})",

@@ -1,6 +1,7 @@
 """The ``SharedState`` contract, on this process (``LocalState``) and on a real Redis.
 
-Rate-limit buckets, stream slots and broadcasts; for Redis also: two engines count
+Rate-limit buckets, stream slots, a request's admission (both at once, with the
+store's settings on Redis) and broadcasts; for Redis also: two engines count
 one client once, a crashed engine's slots expire, and an outage falls back to
 per-engine limits and heals by itself.
 """
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from companion_engine.shared import Event, SharedState, StoreUnavailable, is_outage
+from companion_engine.shared import Admission, Event, SharedState, StoreUnavailable, is_outage
 from companion_engine.shared.local import LocalState
 from companion_engine.shared.redis import RedisState
 from companion_engine.shared.redis_client import connect
@@ -86,14 +87,68 @@ async def test_stream_slots_cap_and_release(state: SharedState) -> None:
     await state.release_stream(c)
 
 
+async def test_admission_spends_the_token_then_takes_a_slot(state: SharedState) -> None:
+    rate = ("rate", 2, 60.0)
+    first = await state.admit("ip", rate=rate, streams=1)
+    assert first.wait == 0.0 and first.slot is not None
+    full = await state.admit("ip", rate=rate, streams=1)  # the token is spent all the same
+    assert full.wait == 0.0 and full.slot is None
+    limited = await state.admit("ip", rate=rate, streams=1)
+    assert limited.wait > 0 and limited.slot is None
+    await state.release_stream(first.slot)
+    # The refused admission took no slot; one freed by a plain release serves the next.
+    assert (await state.admit("ip", streams=1)).slot is not None
+    # Parts not asked for are not touched: a slot alone spends no token, a token no slot.
+    assert await state.admit("other") == Admission()
+    only_slot = await state.admit("other", streams=1)
+    assert only_slot.slot is not None
+    assert await state.take("rate", "other", 1, 60) == 0.0
+    assert (await state.admit("third", rate=("rate", 1, 60.0))).slot is None
+    assert await state.acquire_stream("third", 1) is not None
+
+
+async def test_admission_reads_settings_only_where_it_holds_them(state: SharedState) -> None:
+    admission = await state.admit("ip", rate=("rate", 5, 60.0), settings=["a", "b"])
+    assert admission.wait == 0.0
+    assert admission.settings is None  # no store's settings here: the caller reads them
+
+
+async def test_redis_admission_reads_the_stores_settings(redis_server: RedisServer,
+                                                         tmp_path: Path) -> None:
+    from companion_engine.shared import open_shared_state
+    from companion_engine.store import open_store
+
+    url = f"{redis_server.url}?prefix={_prefix()}"
+    store = await open_store(url, tmp_path)
+    state = await open_shared_state(url, engine_id="e", store=store)
+    try:
+        await store.set_setting("model_override", "openai/x")
+        await store.set_setting("active_character", {"id": "ada", "n": [1, 2]})
+        names = ["model_override", "absent", "active_character"]
+        got = await state.admit("ip", rate=("rate", 1, 60.0), streams=2, settings=names)
+        assert got.wait == 0.0 and got.slot is not None
+        assert got.settings == await store.get_settings(names) == {
+            "model_override": "openai/x", "active_character": {"id": "ada", "n": [1, 2]}}
+        # Refused by the rate limit: no slot, the settings still read (what the request
+        # would have seen), and an empty list reads nothing.
+        refused = await state.admit("ip", rate=("rate", 1, 60.0), streams=2, settings=names)
+        assert refused.wait > 0 and refused.slot is None and refused.settings == got.settings
+        assert (await state.admit("ip", streams=2, settings=[])).settings is None
+        await state.release_stream(got.slot)
+    finally:
+        await state.close()
+        await store.close()
+
+
 @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["take", "open", "close"]), max_size=30))
+@given(st.lists(st.sampled_from(["take", "open", "admit", "close"]), max_size=30))
 async def test_slots_never_exceed_the_limit(state: SharedState, ops: list[str]) -> None:
     key = f"h{next(_prefixes)}"
     held = []
     for op in ops:
-        if op == "open":
-            slot = await state.acquire_stream(key, 3)
+        if op in ("open", "admit"):
+            slot = (await state.acquire_stream(key, 3) if op == "open" else
+                    (await state.admit(key, rate=("rate", 1000, 60.0), streams=3)).slot)
             assert (slot is None) == (len(held) == 3)
             if slot is not None:
                 held.append(slot)
@@ -118,6 +173,11 @@ async def test_two_engines_count_a_client_once(redis_server: RedisServer) -> Non
         assert allowed == 5
         slots = [await (a if i % 2 else b).acquire_stream("client", 3) for i in range(4)]
         assert [s is not None for s in slots] == [True, True, True, False]
+        # An admission spends from the same buckets and slots, on either engine.
+        admitted = [await (a if i % 2 else b).admit("c2", rate=("rate", 4, 60.0), streams=2)
+                    for i in range(5)]
+        assert [(x.wait == 0.0, x.slot is not None) for x in admitted] == [
+            (True, True), (True, True), (True, False), (True, False), (False, False)]
     finally:
         await a.close()
         await b.close()
@@ -210,6 +270,12 @@ async def test_outage_falls_back_to_local_limits_and_heals(tmp_path: Path) -> No
         slot = await state.acquire_stream("c", 1)
         assert slot is not None and await state.acquire_stream("c", 1) is None
         await state.release_stream(slot)
+        admitted = await state.admit("d", rate=("rate", 1, 60.0), streams=1, settings=["x"])
+        assert admitted.wait == 0.0 and admitted.slot is not None
+        assert admitted.settings is None  # not read: the store itself answers 503
+        again = await state.admit("d", rate=("rate", 1, 60.0), streams=1)
+        assert again.wait > 0 and again.slot is None
+        await state.release_stream(admitted.slot)
         with pytest.raises(StoreUnavailable) as info:
             await state.client.get("x")
         assert is_outage(info.value)

@@ -6,7 +6,8 @@ Several engines share a store: the worker processes of one ``companion serve``
 the model switch) and which cards exist live in the store itself; the rest of
 what they must agree on goes through a ``SharedState``:
 
-- rate-limit buckets (``take``) and per-client stream slots (``acquire_stream``),
+- rate-limit buckets (``take``) and per-client stream slots (``acquire_stream``), or
+  both at once with the shared settings (``admit``: a request's admission),
 - broadcasts between engines (``publish``: ``POST /-/reload`` reaches every engine).
 
 ``LocalState`` keeps buckets and slots in this process (per worker) and relays
@@ -20,8 +21,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from companion_engine.shared.base import (
+    Admission,
     Event,
     EventHandler,
+    RateLimit,
     SharedState,
     Slot,
     StoreUnavailable,
@@ -32,8 +35,8 @@ if TYPE_CHECKING:
     from companion_engine.store import Store
     from companion_engine.supervisor import WorkerLink
 
-__all__ = ["Event", "EventHandler", "SharedState", "Slot", "StoreUnavailable", "is_outage",
-           "open_shared_state"]
+__all__ = ["Admission", "Event", "EventHandler", "RateLimit", "SharedState", "Slot",
+           "StoreUnavailable", "is_outage", "open_shared_state"]
 
 
 async def open_shared_state(url: str, *, engine_id: str, store: Store | None = None,
@@ -41,7 +44,8 @@ async def open_shared_state(url: str, *, engine_id: str, store: Store | None = N
                             ) -> SharedState:
     """The shared state for ``store.url``: Redis for ``redis://``, else this process.
 
-    A Redis store's client is reused (one pool per engine).
+    A Redis store's client is reused (one pool per engine), and its settings are read
+    with each request's limits (``SharedState.admit``).
     """
     if url.startswith(("redis://", "rediss://", "unix://")):
         from companion_engine.shared.redis import RedisState
@@ -49,7 +53,7 @@ async def open_shared_state(url: str, *, engine_id: str, store: Store | None = N
 
         if isinstance(store, RedisStore):
             return RedisState(store.client, store.prefix, engine_id,  # type: ignore[arg-type]
-                              owns_client=False)
+                              owns_client=False, settings_key=store.settings_key)
         return await RedisState.open(url, engine_id=engine_id)
     from companion_engine.shared.local import LocalState
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +45,24 @@ class Slot:
     token: str
 
 
+#: A rate limit to spend one token of: (scope, capacity, window in seconds).
+RateLimit = tuple[str, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request needs from the shared state before its handler, from one call."""
+
+    #: 0.0 when the rate limit allows the request (or none was asked), else the seconds
+    #: until a token is back (then no stream slot was taken).
+    wait: float = 0.0
+    #: The stream slot taken; None when none was asked, all are taken, or ``wait``.
+    slot: Slot | None = None
+    #: The shared settings read with the limits (absent ones left out); None when this
+    #: backend does not read them (read them from the store).
+    settings: dict[str, Any] | None = None
+
+
 class SharedState(ABC):
     """Rate-limit buckets, stream slots and broadcasts shared by the engines of one store."""
 
@@ -79,6 +97,21 @@ class SharedState(ABC):
     @abstractmethod
     async def release_stream(self, slot: Slot) -> None:
         """Give a slot back (never raises: a slot not released expires by itself)."""
+
+    async def admit(self, key: str, *, rate: RateLimit | None = None,
+                    streams: int | None = None, settings: Sequence[str] = ()) -> Admission:
+        """Spend a token of client ``key``'s ``rate`` bucket, then, if allowed, open one of
+        ``streams`` slots; where the backend holds the store's settings, read ``settings``
+        too. One round trip on Redis: the request's whole admission (one atomic script).
+
+        This default takes the token and the slot one after the other and reads no
+        settings (``Admission.settings`` is None).
+        """
+        wait = await self.take(rate[0], key, rate[1], rate[2]) if rate is not None else 0.0
+        slot = None
+        if streams is not None and not wait:
+            slot = await self.acquire_stream(key, streams)
+        return Admission(wait, slot)
 
     @abstractmethod
     async def publish(self, event: Event) -> int:

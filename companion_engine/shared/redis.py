@@ -10,7 +10,9 @@ Keys, under the store's prefix (``companion:`` by default):
   ``SLOT_RENEW_S``; a crashed engine's slots expire ``SLOT_TTL_S`` later;
 - ``{prefix}events``: the pub/sub channel of broadcasts (``POST /-/reload``).
 
-Each request costs one round trip (one ``EVALSHA``): O(1) in the number of clients.
+A request's admission (``admit``: its rate-limit token, its stream slot and the
+store's shared settings) is one round trip, one ``EVALSHA`` of an atomic script: O(1)
+in the number of clients (a client's slots are at most ``max_streams_per_ip``).
 When Redis is unreachable, limits fall back to this process's own buckets and slots
 (logged) so routes that need nothing else from Redis keep working; routes that need
 the store answer 503 until it is back.
@@ -23,11 +25,20 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from loguru import logger
 
-from companion_engine.shared.base import Event, EventHandler, SharedState, Slot, is_outage
+from companion_engine.shared.base import (
+    Admission,
+    Event,
+    EventHandler,
+    RateLimit,
+    SharedState,
+    Slot,
+    is_outage,
+)
 from companion_engine.shared.local import LocalState
 from companion_engine.shared.redis_client import OutageAwareRedis, connect
 
@@ -35,34 +46,71 @@ from companion_engine.shared.redis_client import OutageAwareRedis, connect
 SLOT_TTL_S = 30.0
 SLOT_RENEW_S = 10.0
 
-TAKE = """
-local capacity = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local rate = capacity / window
-local b = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens = tonumber(b[1])
-if tokens == nil then
-  tokens = capacity
-else
-  tokens = math.min(capacity, tokens + math.max(0, now - tonumber(b[2])) * rate)
+#: Lua shared by the scripts: Redis's clock, a token bucket, a stream slot.
+LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(window))
-return tostring(wait)
+local function take(key, capacity, window, now)
+  local rate = capacity / window
+  local b = redis.call('HMGET', key, 't', 's')
+  local tokens = tonumber(b[1])
+  if tokens == nil then
+    tokens = capacity
+  else
+    tokens = math.min(capacity, tokens + math.max(0, now - tonumber(b[2])) * rate)
+  end
+  local wait = 0
+  if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+  redis.call('HSET', key, 't', tostring(tokens), 's', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(window))
+  return wait
+end
+local function acquire(key, limit, ttl, token, now)
+  now = math.floor(now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= limit then return 0 end
+  redis.call('ZADD', key, now + ttl, token)
+  redis.call('PEXPIRE', key, ttl)
+  return 1
+end
 """
 
-ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+#: KEYS: the bucket; ARGV: capacity, window in ms. Returns the wait in ms.
+TAKE = LIB + """
+return tostring(take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now_ms()))
+"""
+
+#: KEYS: the client's streams; ARGV: limit, ttl in ms, token. Returns 1 (taken) or 0.
+ACQUIRE = LIB + """
+return acquire(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], now_ms())
+"""
+
+#: A request's admission. ARGV[1] says which parts are asked for: ``b`` (bucket; KEYS
+#: the bucket, ARGV capacity, window in ms), ``s`` (stream slot, only when the bucket
+#: allows; KEYS the client's streams, ARGV limit, ttl in ms, token), ``h`` (settings;
+#: KEYS the settings hash, ARGV every field after). Returns {wait in ms, slot taken (1)
+#: or not (0), the settings' values...}.
+ADMIT = LIB + """
+local parts, now = ARGV[1], now_ms()
+local k, a, wait, slot = 1, 2, 0, 0
+if string.find(parts, 'b', 1, true) then
+  wait = take(KEYS[k], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), now)
+  k, a = k + 1, a + 2
+end
+if string.find(parts, 's', 1, true) then
+  if wait == 0 then
+    slot = acquire(KEYS[k], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2], now)
+  end
+  k, a = k + 1, a + 3
+end
+local out = {tostring(wait), slot}
+if string.find(parts, 'h', 1, true) then
+  local values = redis.call('HMGET', KEYS[k], unpack(ARGV, a))
+  for i = 1, #values do out[i + 2] = values[i] end
+end
+return out
 """
 
 RENEW = """
@@ -82,10 +130,12 @@ class RedisState(SharedState):
     cluster_wide: ClassVar[bool] = True
 
     def __init__(self, client: OutageAwareRedis, prefix: str, engine_id: str, *,
-                 owns_client: bool = True) -> None:
+                 owns_client: bool = True, settings_key: str | None = None) -> None:
         super().__init__(engine_id)
         self.client = client
         self.prefix = prefix
+        #: The store's settings hash, read by ``admit`` (None: not read here).
+        self.settings_key = settings_key
         self.channel = f"{prefix}events"
         self._owns_client = owns_client
         self.slot_ttl_s = SLOT_TTL_S
@@ -93,6 +143,7 @@ class RedisState(SharedState):
         self._take = client.register_script(TAKE)
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
+        self._admit = client.register_script(ADMIT)
         #: Where limits go while Redis is away.
         self.fallback = LocalState(engine_id)
         self._open: dict[str, Slot] = {}
@@ -161,8 +212,19 @@ class RedisState(SharedState):
     def _streams(self, key: str) -> str:
         return f"{self.prefix}streams:{key}"
 
+    def _token(self) -> str:
+        return f"{self.engine_id}:{next(self._tokens)}"
+
+    def _opened(self, key: str, token: str) -> Slot:
+        slot = self._open[token] = Slot(key, token)
+        return slot
+
+    async def _local_slot(self, key: str, limit: int) -> Slot | None:
+        local = await self.fallback.acquire_stream(key, limit)
+        return Slot(key, "local:" + local.token) if local is not None else None
+
     async def acquire_stream(self, key: str, limit: int) -> Slot | None:
-        token = f"{self.engine_id}:{next(self._tokens)}"
+        token = self._token()
         try:
             ok = await self._acquire(keys=[self._streams(key)],
                                      args=[limit, int(self.slot_ttl_s * 1000), token])
@@ -170,14 +232,45 @@ class RedisState(SharedState):
             if not is_outage(exc):
                 raise
             self._outage("stream slots", exc)
-            local = await self.fallback.acquire_stream(key, limit)
-            return Slot(key, "local:" + local.token) if local is not None else None
+            return await self._local_slot(key, limit)
         self._recovered()
-        if not int(ok):
-            return None
-        slot = Slot(key, token)
-        self._open[token] = slot
-        return slot
+        return self._opened(key, token) if int(ok) else None
+
+    async def admit(self, key: str, *, rate: RateLimit | None = None,
+                    streams: int | None = None, settings: Sequence[str] = ()) -> Admission:
+        """One ``EVALSHA`` (``ADMIT``): the bucket, the slot and the settings together."""
+        parts, keys, args = "", [], []
+        if rate is not None:
+            parts += "b"
+            keys.append(f"{self.prefix}rl:{rate[0]}:{key}")
+            args += [rate[1], rate[2] * 1000]
+        token = self._token() if streams is not None else ""
+        if streams is not None:
+            parts += "s"
+            keys.append(self._streams(key))
+            args += [streams, int(self.slot_ttl_s * 1000), token]
+        names = list(settings) if self.settings_key is not None else []
+        if names:
+            parts += "h"
+            keys.append(self.settings_key)
+            args += names
+        try:
+            reply = await self._admit(keys=keys, args=[parts, *args])
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._outage("rate limits and stream slots", exc)
+            wait = (await self.fallback.take(rate[0], key, rate[1], rate[2])
+                    if rate is not None else 0.0)
+            slot = await self._local_slot(key, streams) if streams is not None and not wait \
+                else None
+            return Admission(wait, slot)
+        self._recovered()
+        wait_ms, taken, *values = reply
+        slot = self._opened(key, token) if int(taken) else None
+        read = ({n: json.loads(v) for n, v in zip(names, values, strict=True) if v is not None}
+                if names else None)
+        return Admission(float(wait_ms) / 1000, slot, read)
 
     async def release_stream(self, slot: Slot) -> None:
         if slot.token.startswith("local:"):

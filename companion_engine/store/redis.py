@@ -108,6 +108,8 @@ class RedisStore(Store):
         super().__init__()
         self.client = client
         self.prefix = prefix
+        #: The settings hash (the shared state reads it with each request's limits).
+        self.settings_key = f"{prefix}settings"
         self._append_script = client.register_script(APPEND)
 
     @classmethod
@@ -129,7 +131,7 @@ class RedisStore(Store):
     # --- keys -------------------------------------------------------------------------------
 
     def _settings(self) -> str:
-        return f"{self.prefix}settings"
+        return self.settings_key
 
     def _head(self, conversation_id: str) -> str:
         return f"{self.prefix}conv:{conversation_id}"
@@ -228,12 +230,10 @@ class RedisStore(Store):
             pipe.sadd(self._member(character_id), conv.id)
 
     async def _version(self, conversation_id: str) -> int | None:
-        head_key = self._head(conversation_id)
-        async with self.client.pipeline(transaction=True) as tx:
-            tx.hget(head_key, "version")
-            tx.exists(head_key)
-            version, exists = await tx.execute()
-        if not exists:
+        # One command: every head has ``created_at`` (a head from before versions: 1).
+        version, created = await self.client.hmget(self._head(conversation_id),
+                                                   ["version", "created_at"])
+        if created is None:
             return None
         return int(version) if version is not None else 1
 
