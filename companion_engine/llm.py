@@ -14,18 +14,22 @@ of three ``LLMError`` types whose ``type`` is the SSE ``error`` type:
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import gc
 import importlib
+import importlib.util
 import ipaddress
 import os
+import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -119,6 +123,51 @@ async def get_litellm() -> ModuleType:
     assert _import_future is not None
     # shield: a turn cancelled while waiting must not cancel the import for everyone
     return await asyncio.shield(asyncio.wrap_future(_import_future))
+
+
+_providers: list[str] | None = None
+
+#: The enum LiteLLM's ``provider_list`` is made of, as its source spells it.
+_PROVIDER_ENUM = re.compile(r"^class LlmProviders\(.*?(?=^\S)", re.MULTILINE | re.DOTALL)
+
+
+async def litellm_providers() -> list[str]:
+    """The provider names LiteLLM knows (``litellm.provider_list``).
+
+    While LiteLLM is not imported they are read from its source (the ``LlmProviders``
+    enum, ~1 ms) so that listing them (``/openapi.json``, ``/docs``) does not cost a
+    native-only server LiteLLM's import (seconds, ~200 MB); from the module once it is
+    imported, or when its source cannot be read that way.
+    """
+    global _providers
+    if _providers is None:
+        if "litellm" not in sys.modules:
+            _providers = await asyncio.to_thread(_providers_from_source)
+        if not _providers:
+            litellm = await get_litellm()
+            _providers = [str(getattr(p, "value", p)) for p in litellm.provider_list]
+    return _providers
+
+
+def _providers_from_source() -> list[str] | None:
+    """The ``LlmProviders`` values from LiteLLM's ``types/utils.py``, without importing it;
+    None when the file or the enum is not where this LiteLLM release was seen to keep it."""
+    try:
+        spec = importlib.util.find_spec("litellm")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        source = (Path(next(iter(spec.submodule_search_locations))) / "types" / "utils.py"
+                  ).read_text(encoding="utf-8")
+        block = _PROVIDER_ENUM.search(source)
+        if block is None:
+            return None
+        names = [node.value.value for node in ast.parse(block.group()).body[0].body
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                 and isinstance(node.value.value, str)]
+    except (OSError, SyntaxError, ValueError, IndexError, AttributeError) as exc:
+        logger.debug("LiteLLM's providers are not readable from its source: {}", exc)
+        return None
+    return names or None
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -281,8 +330,7 @@ async def validate_model(model: str) -> str:
             raise ModelError(f"cannot tell the provider of {model!r}; write it as "
                              "provider/model (e.g. ollama_chat/llama3.2)") from None
         return f"{provider}/{model}"
-    known = {getattr(p, "value", p) for p in litellm.provider_list}
-    if provider not in known:
+    if provider not in await litellm_providers():
         raise ModelError(f"unknown provider {provider!r} in {model!r}; known include "
                          "ollama_chat, openai, anthropic, lm_studio, hosted_vllm")
     return f"{provider}/{name}"

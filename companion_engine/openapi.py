@@ -490,11 +490,10 @@ def fallback_schemas() -> dict[str, dict[str, Any]]:
 async def live_schemas(engine: Engine) -> dict[str, dict[str, Any]]:
     """The named schemas whose valid values depend on this server: the providers LiteLLM
     knows, the audio formats this install encodes, the active TTS backend's voices."""
-    from companion_engine.llm import PROVIDER_ALIASES, get_litellm
+    from companion_engine.llm import PROVIDER_ALIASES, litellm_providers
     from companion_engine.speech import formats
 
-    litellm = await get_litellm()
-    providers = [getattr(p, "value", p) for p in litellm.provider_list]
+    providers = await litellm_providers()
     voices: list[str] = []
     async with engine.lease() as pipeline:
         if pipeline.tts.speaks:
