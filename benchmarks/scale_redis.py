@@ -15,8 +15,9 @@ all turns, for both engines and the difference; engine CPU per turn from
 from this process. Goal: the Redis engine's extra time to first token <= 1 ms.
 
 ``--baseline-src PATH`` adds a second pair of engines run from another checkout
-(e.g. ``/work/main`` before a change), all four alternating turn by turn in the same
-run. ``BENCH_ENGINE_SRC=PATH`` runs the (first) pair from another checkout.
+(e.g. ``/work/main`` before a change; in that checkout's ``.venv`` when it has one),
+all four alternating turn by turn in the same run. ``BENCH_ENGINE_SRC=PATH`` runs the
+(first) pair from another checkout.
 ``--count`` runs a few turns with each Redis engine behind a counting TCP proxy
 instead (nothing timed) and prints the Redis commands and round trips per turn, and
 how many of them come before the first token. ``--profile DIR`` records each Redis
@@ -239,7 +240,7 @@ async def count_round_trips(http: aiohttp.ClientSession, engine: Engine, turns: 
     engine finish what it does after the stream, e.g. release the stream slot)."""
     proxy = engine.proxy
     assert proxy is not None
-    for i in range(3):
+    for i in range(4):  # each conversation read once: cached from then on
         await turn(http, engine.url, f"count-{i % 2}")
     await asyncio.sleep(0.2)
     c0, r0 = proxy.snapshot()
@@ -343,9 +344,14 @@ def main() -> None:
         print("skipped: redis-server is not installed (apt-get install redis-server)")
         return
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COMPANION_LOAD_PLUGINS": ""}
-    sources: list[tuple[str, str | None]] = [("", env.pop("BENCH_ENGINE_SRC", None))]
+    # (name suffix, checkout on PYTHONPATH, interpreter): another checkout's engines run
+    # in its own .venv when it has one (its dependencies, not ours).
+    sources: list[tuple[str, str | None, str]] = [
+        ("", env.pop("BENCH_ENGINE_SRC", None), sys.executable)]
     if args.baseline_src is not None:
-        sources.append(("@base", str(args.baseline_src.resolve())))
+        src = args.baseline_src.resolve()
+        venv = src / ".venv" / "bin" / "python"
+        sources.append(("@base", str(src), str(venv) if venv.exists() else sys.executable))
     procs: list[subprocess.Popen[bytes]] = []
     spies: list[subprocess.Popen[bytes]] = []
     engines: list[Engine] = []
@@ -361,7 +367,7 @@ def main() -> None:
                  "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL))
             wait_port(llm_port, procs[0])
             wait_port(redis_port, procs[1])
-            for db, (suffix, src) in enumerate(sources):
+            for db, (suffix, src, python) in enumerate(sources):
                 engine_env = {**env, "PYTHONPATH": src} if src else env
                 for kind in ("sqlite", "redis"):
                     name = kind + suffix
@@ -377,7 +383,7 @@ def main() -> None:
                     port = free_port()
                     config = project(base / name, llm_port, store)
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "companion_engine", "serve", "--config",
+                        [python, "-m", "companion_engine", "serve", "--config",
                          str(config), "--port", str(port)], env=engine_env, cwd=base / name)
                     procs.append(proc)
                     while True:  # the proxy runs on this loop: let it serve while we wait
