@@ -128,9 +128,12 @@ class Engine:
         self.log = root / "engine.log"
 
     async def start(self, session: aiohttp.ClientSession) -> None:
+        env = dict(os.environ)
+        if os.environ.get("BENCH_ENGINE_SRC"):  # another checkout's engine (e.g. main)
+            env["PYTHONPATH"] = os.environ["BENCH_ENGINE_SRC"]
         self.proc = await asyncio.create_subprocess_exec(
             str(REPO / ".venv" / "bin" / "companion"), "serve", "--config", str(self.config),
-            "--port", str(self.port), "--no-reload",
+            "--port", str(self.port), "--no-reload", env=env,
             stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -247,7 +250,8 @@ async def measure(runs: int, rate: float, profile: bool) -> None:
             if profile and (Path(tmp) / "profile.txt").exists():
                 profile_text = top_frames(Path(tmp) / "profile.txt")
     print(f"\nrate {rate:g} tokens/s, {runs} turns per row after warm-up, "
-          f"{os.cpu_count()} cores\n")
+          f"{os.cpu_count()} cores, engine from {os.environ.get('BENCH_ENGINE_SRC') or REPO}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     print("| measurement | median (p90) |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
