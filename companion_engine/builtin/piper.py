@@ -88,7 +88,8 @@ class PiperLocalTTS(TTSBackend):
         await asyncio.shield(self._prepared)
 
     async def _prepare(self) -> None:
-        reason = piper.available()
+        # Imports ONNX Runtime and numpy the first time (~0.2 s): not on the event loop.
+        reason = await asyncio.to_thread(piper.available)
         if reason is None:
             try:
                 self._default = await self._resolve(self.options.voice)

@@ -10,24 +10,24 @@ Piper (the ``piper-tts`` wheel) runs VITS voices exported to ONNX. A voice is an
   ``*piper*voice*`` are searched, or any package that registers itself in the
   ``piper_voices`` entry-point group.
 
-Loading splits the graph in two with the ``onnx`` tools: the *encoder* (text
-encoder, duration predictor, flow) turns phoneme ids into a latent of ``T``
-frames plus the number of frames each phoneme id lasts; the *decoder*
-(HiFi-GAN) turns latent frames into audio, 256 samples per frame. The decoder
-is convolutional, so a window of frames decoded with enough context on both
-sides gives the same samples as the whole latent: that is how audio streams
-within a sentence (``stream``), and the per-phoneme frame counts are the
-timing of the visemes. A model whose graph cannot be split is run whole (no
-streaming inside a sentence, no visemes).
+A voice runs as three ONNX Runtime sessions over its cut graph
+(``piper_graph``, cut once per model file in a child process and cached):
+*pre* (text encoder and duration predictor: phoneme ids to the prior over
+``T`` latent frames, sampling noise drawn once, and the frames each phoneme id
+lasts), the *flow* and the HiFi-GAN *decoder* (256 samples per frame). Flow
+and decoder are convolutional, so a window of frames run with enough context
+on both sides gives the whole run's samples: that is how audio streams within
+a sentence (``stream``: the first part after *pre* and two small runs), how a
+sentence's two halves run on two workers at once, and the per-phoneme frame
+counts are the timing of the visemes. A model whose graph cannot be cut is run
+whole (no streaming inside a sentence, no visemes).
 
 A loaded voice is shared by every pipeline that names it (reference counted:
-``acquire``/``release``) and by concurrent turns. ONNX Runtime sessions are
-thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
-sentences at once on two cores, each on one intra-op thread. With
-``COMPANION_PIPER_THREADS=N`` (N > 1) a job that starts while no other Piper job
-runs (the first sentence of a reply, usually) uses a second set of sessions
-with N intra-op threads: faster first audio on an otherwise idle machine, one
-more copy of the weights in memory.
+``acquire``/``release``; an unused one stays loaded ``UNLOAD_AFTER_S`` for the
+next pipeline of a hot reload) and by concurrent turns. ONNX Runtime sessions
+are thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
+sentences at once on two cores, each on one intra-op thread; a sentence that
+starts while the other worker is idle uses both (``synthesize_sync``).
 Phonemisation goes through Piper's own espeak-ng bridge, which holds its own
 lock. Nothing here touches the network.
 
