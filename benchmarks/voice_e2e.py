@@ -14,7 +14,11 @@ as it arrives. Measured per turn (median and p90 of ``--runs`` turns after warm-
 - **Opus's share**: engine CPU time per turn (``/proc/PID/stat``) for a 10-sentence reply with
   speech off, WAV and Opus; (Opus - WAV) / (WAV - off) is encoding's share of synthesis.
 
-    python benchmarks/voice_e2e.py [--runs 10] [--rate 30] [--profile]
+    python benchmarks/voice_e2e.py [--runs 10] [--rate 30] [--profile] [--baseline CHECKOUT]
+
+``--baseline /work/main`` adds a third engine, Piper from that checkout, whose turns run
+interleaved with this checkout's (rows marked ``[baseline engine]``): before/after in one run
+on a noisy machine. ``BENCH_ENGINE_SRC=CHECKOUT`` runs every engine from that checkout.
 
 ``--profile`` records the Piper engine with ``py-spy record --threads --full-filenames``
 during the measured turns and prints the functions with the most samples (leaf frames).
@@ -112,8 +116,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Engine:
-    def __init__(self, root: Path, tts: dict[str, Any], llm_base: str) -> None:
+    def __init__(self, root: Path, tts: dict[str, Any], llm_base: str,
+                 src: str | None = None) -> None:
         from companion_engine.testing.project import write_project
+
+        #: Another checkout whose engine this one runs (None: this checkout's).
+        self.src = src or os.environ.get("BENCH_ENGINE_SRC") or None
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -128,9 +136,12 @@ class Engine:
         self.log = root / "engine.log"
 
     async def start(self, session: aiohttp.ClientSession) -> None:
+        env = dict(os.environ)
+        if self.src:  # another checkout's engine (e.g. main)
+            env["PYTHONPATH"] = self.src
         self.proc = await asyncio.create_subprocess_exec(
             str(REPO / ".venv" / "bin" / "companion"), "serve", "--config", str(self.config),
-            "--port", str(self.port), "--no-reload",
+            "--port", str(self.port), "--no-reload", env=env,
             stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -210,7 +221,7 @@ def top_frames(raw: Path, n: int = 15) -> str:
     return "\n".join(f"  {c * 100 / total:5.1f}%  {leaf}" for leaf, c in best)
 
 
-async def measure(runs: int, rate: float, profile: bool) -> None:
+async def measure(runs: int, rate: float, profile: bool, baseline: str | None) -> None:
     profile_text = ""
     llm_port = free_port()
     llm = await asyncio.create_subprocess_exec(
@@ -224,30 +235,35 @@ async def measure(runs: int, rate: float, profile: bool) -> None:
         piper = Engine(Path(tmp) / "piper", {"piper_local": {"voice": "en_US-joe-medium"}},
                        llm_base)
         espeak = Engine(Path(tmp) / "espeak", {"espeak": {"voice": "en-us"}}, llm_base)
+        before = Engine(Path(tmp) / "before", {"piper_local": {"voice": "en_US-joe-medium"}},
+                        llm_base, src=baseline) if baseline else None
+        engines = [e for e in (piper, espeak, before) if e is not None]
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
-                await piper.start(session)
-                await espeak.start(session)
-                for engine in (piper, espeak):  # warm-up: imports, the voice, caches
+                for engine in engines:
+                    await engine.start(session)
+                for engine in engines:  # warm-up: imports, the voice, caches
                     for message in ("fragment", "long", "essay"):
                         await turn(session, engine, message)
                         await turn(session, engine, message, audio_format="opus",
                                    chunked_audio=True)
                 spy = await start_profile(piper.pid, Path(tmp) / "profile.txt") if profile \
                     else None
-                rows = await scenarios(session, piper, espeak, runs)
+                rows = await scenarios(session, piper, espeak, runs, before)
                 if spy is not None:
                     spy.send_signal(2)  # SIGINT: py-spy writes what it has
                     await spy.wait()
             finally:
-                await piper.stop()
-                await espeak.stop()
+                for engine in engines:
+                    await engine.stop()
                 llm.terminate()
                 await llm.wait()
             if profile and (Path(tmp) / "profile.txt").exists():
                 profile_text = top_frames(Path(tmp) / "profile.txt")
     print(f"\nrate {rate:g} tokens/s, {runs} turns per row after warm-up, "
-          f"{os.cpu_count()} cores\n")
+          f"{os.cpu_count()} cores, engine from {piper.src or REPO}"
+          f"{f', baseline engine from {baseline}' if baseline else ''}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     print("| measurement | median (p90) |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
@@ -257,50 +273,60 @@ async def measure(runs: int, rate: float, profile: bool) -> None:
 
 
 async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engine,
-                    runs: int) -> list[tuple[str, str]]:
+                    runs: int, before: Engine | None = None) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    gaps: dict[str, list[float]] = {k: [] for k in ("piper", "espeak", "chunk", "whole",
-                                                     "synth")}
-    first_len = 0
-    for _ in range(runs):  # interleaved, so machine noise hits every row alike
-        ev = await turn(session, piper, "fragment")
-        gaps["piper"].append(first_sentence_gap(ev, "audio_ready"))
-        first_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
-        gaps["espeak"].append(first_sentence_gap(
-            await turn(session, espeak, "fragment"), "audio_ready"))
-        ev = await turn(session, piper, "long", chunked_audio=True)
-        gaps["chunk"].append(first_sentence_gap(ev, "audio_chunk"))
-        long_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
-        gaps["whole"].append(first_sentence_gap(await turn(session, piper, "long"),
-                                                "audio_ready"))
-        started = time.perf_counter()  # the same fragment through POST /api/tts
-        async with session.post(piper.url + "/api/tts", json={"text": FRAGMENT}) as resp:
-            assert resp.status == 200
-            await resp.read()
-        gaps["synth"].append((time.perf_counter() - started) * 1000)
-    rows.append((f"Piper: first audio after the first fragment's last token "
-                 f"({first_len} chars) [goal <= 80 ms]", stats(gaps["piper"])))
-    rows.append(("baseline: POST /api/tts of the same fragment (synthesis alone, + HTTP)",
-                 stats(gaps["synth"])))
-    rows.append(("espeak (baseline, same reply)", stats(gaps["espeak"])))
-    rows.append((f"Piper chunked: first audio_chunk after the {long_len}-char first sentence's "
-                 "last token [goal <= 60 ms]", stats(gaps["chunk"])))
-    rows.append(("Piper whole sentence, same sentence (baseline)", stats(gaps["whole"])))
+    pipers = [("", piper)] + ([(" [baseline engine]", before)] if before else [])
+    gaps: dict[str, list[float]] = {}
+    first_len = long_len = 0
 
-    cpu: dict[str, list[float]] = {"off": [], "wav": [], "opus": []}
+    def add(key: str, value: float) -> None:
+        gaps.setdefault(key, []).append(value)
+
+    for _ in range(runs):  # interleaved, so machine noise hits every row alike
+        for tag, engine in pipers:
+            ev = await turn(session, engine, "fragment")
+            add("piper" + tag, first_sentence_gap(ev, "audio_ready"))
+            first_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
+            ev = await turn(session, engine, "long", chunked_audio=True)
+            add("chunk" + tag, first_sentence_gap(ev, "audio_chunk"))
+            long_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
+            add("whole" + tag, first_sentence_gap(await turn(session, engine, "long"),
+                                                  "audio_ready"))
+            started = time.perf_counter()  # the same fragment through POST /api/tts
+            async with session.post(engine.url + "/api/tts", json={"text": FRAGMENT}) as resp:
+                assert resp.status == 200
+                await resp.read()
+            add("synth" + tag, (time.perf_counter() - started) * 1000)
+        add("espeak", first_sentence_gap(await turn(session, espeak, "fragment"), "audio_ready"))
+    for tag, _ in pipers:
+        rows.append((f"Piper: first audio after the first fragment's last token "
+                     f"({first_len} chars) [goal <= 80 ms]{tag}", stats(gaps["piper" + tag])))
+        rows.append((f"baseline: POST /api/tts of the same fragment (synthesis alone, + HTTP)"
+                     f"{tag}", stats(gaps["synth" + tag])))
+    rows.append(("espeak (baseline, same reply)", stats(gaps["espeak"])))
+    for tag, _ in pipers:
+        rows.append((f"Piper chunked: first audio_chunk after the {long_len}-char first "
+                     f"sentence's last token [goal <= 60 ms]{tag}", stats(gaps["chunk" + tag])))
+        rows.append((f"Piper whole sentence, same sentence (baseline){tag}",
+                     stats(gaps["whole" + tag])))
+
+    cpu: dict[str, list[float]] = {}
     for _ in range(runs):
-        for name, options in (("off", {"enable_tts": False}), ("wav", {"audio_format": "wav"}),
-                              ("opus", {"audio_format": "opus"})):
-            before = cpu_seconds(piper.pid)
-            ev = await turn(session, piper, "essay", **options)
-            cpu[name].append((cpu_seconds(piper.pid) - before) * 1000)
-            if name == "opus":
-                assert all(d["format"] == "opus" for _, n, d in ev if n == "audio_ready")
-    off, wav, opus = (statistics.median(cpu[k]) for k in ("off", "wav", "opus"))
-    rows.append(("engine CPU per 10-sentence turn: speech off / WAV / Opus",
-                 f"{off:.0f} / {wav:.0f} / {opus:.0f} ms"))
-    rows.append(("Opus encoding as a share of synthesis, (Opus - WAV) / (WAV - off) "
-                 "[goal <= 5%]", f"{(opus - wav) / (wav - off) * 100:.1f}%"))
+        for tag, engine in pipers:
+            for name, options in (("off", {"enable_tts": False}),
+                                  ("wav", {"audio_format": "wav"}),
+                                  ("opus", {"audio_format": "opus"})):
+                start = cpu_seconds(engine.pid)
+                ev = await turn(session, engine, "essay", **options)
+                cpu.setdefault(name + tag, []).append((cpu_seconds(engine.pid) - start) * 1000)
+                if name == "opus":
+                    assert all(d["format"] == "opus" for _, n, d in ev if n == "audio_ready")
+    for tag, _ in pipers:
+        off, wav, opus = (statistics.median(cpu[k + tag]) for k in ("off", "wav", "opus"))
+        rows.append((f"engine CPU per 10-sentence turn: speech off / WAV / Opus{tag}",
+                     f"{off:.0f} / {wav:.0f} / {opus:.0f} ms"))
+        rows.append((f"Opus encoding as a share of synthesis, (Opus - WAV) / (WAV - off) "
+                     f"[goal <= 5%]{tag}", f"{(opus - wav) / (wav - off) * 100:.1f}%"))
     return rows
 
 
@@ -309,12 +335,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=30.0, help="LLM tokens per second")
     parser.add_argument("--profile", action="store_true", help="py-spy the Piper engine")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also run another checkout's Piper engine (e.g. /work/main), "
+                             "its turns interleaved with this one's, as a baseline row")
     parser.add_argument("--llm", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.llm is not None:
         asyncio.run(serve_llm(args.llm, args.rate))
         return
-    asyncio.run(measure(args.runs, args.rate, args.profile))
+    asyncio.run(measure(args.runs, args.rate, args.profile, args.baseline))
 
 
 if __name__ == "__main__":

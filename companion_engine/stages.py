@@ -127,6 +127,10 @@ class TTSBackend(Stage):
     kind: ClassVar[str] = "tts_backend"
     #: False for a backend that never makes audio (``none``): sentences are still split.
     speaks: ClassVar[bool] = True
+    #: True when ``stream`` always sets ``final=True`` on a sentence's last part: the session
+    #: then sends each part the moment it arrives instead of holding it until the next one
+    #: (or the stream's end) says whether it was the last.
+    marks_final: ClassVar[bool] = False
 
     async def synthesize(self, text: str, turn: Turn) -> Audio:
         """Raise ``companion_engine.errors.UnknownVoiceError`` for a voice it lacks."""

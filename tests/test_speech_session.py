@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from companion_engine.builtin.tts import EspeakTTS
 from companion_engine.speech.session import SpeechSession
-from companion_engine.stages import Sanitizer
+from companion_engine.stages import Audio, Sanitizer
 from companion_engine.turn import Turn
 from tests.speech_helpers import Recorder, decoded_duration_ms, make_pipeline, make_turn
 
@@ -173,3 +174,55 @@ async def test_cleaners_that_skip_or_split_keep_audio_on_its_sentence() -> None:
                                                        "The river is near."]
     assert [e["display"] for _, e in rec.events] == ["First we walk; then we rest.",
                                                       "The river is near."]
+
+
+class TwoPartEspeak(EspeakTTS):
+    """A third-party streaming backend: the sentence's first half, then (once ``more`` is
+    set) its second half, the last part marked ``final``."""
+
+    name = "two_part"
+
+    def __init__(self, marks: bool) -> None:
+        super().__init__()
+        #: Set when the session asks for the second part (it has handled the first).
+        self.asked = asyncio.Event()
+        self.more = asyncio.Event()
+        self.marks = marks
+
+    async def stream(self, text: str, turn: Turn) -> AsyncIterator[Audio]:
+        head, _, tail = text.partition(",")
+        yield await self.synthesize(head, turn)
+        self.asked.set()
+        await self.more.wait()
+        last = await self.synthesize(tail or head, turn)
+        last.final = True
+        yield last
+
+
+class MarkingEspeak(TwoPartEspeak):
+    marks_final = True
+
+
+@pytest.mark.parametrize("marks", [True, False])
+async def test_a_backend_that_marks_its_last_part_gets_each_part_sent_at_once(
+        marks: bool) -> None:
+    """With ``marks_final`` a part goes out as it arrives; without it the session holds it
+    until the next one says whether it was the last."""
+    pipeline = make_pipeline({"cleaners": []})
+    tts = MarkingEspeak(marks) if marks else TwoPartEspeak(marks)
+    pipeline.tts = tts
+    rec = Recorder()
+    turn = make_turn(pipeline)
+    turn.chunked_audio = True
+    session = SpeechSession(pipeline, turn, rec)
+    session.add("The first half of it, and then the second half.")
+    await asyncio.wait_for(tts.asked.wait(), 30)
+    for _ in range(5):  # the sender's turn to emit what it was handed
+        await asyncio.sleep(0)
+    sent_early = [(n, e["part"], e["final"]) for n, e in rec.events]
+    tts.more.set()
+    await session.finish()
+    assert sent_early == ([("audio_chunk", 0, False)] if marks else [])
+    assert [(n, e["part"], e["final"]) for n, e in rec.events] == [
+        ("audio_chunk", 0, False), ("audio_chunk", 1, True)]
+    await tts.aclose()

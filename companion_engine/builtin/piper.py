@@ -21,7 +21,7 @@ from pydantic import Field
 
 from companion_engine import hookimpl
 from companion_engine.errors import UnknownVoiceError
-from companion_engine.speech import piper
+from companion_engine.speech import formats, piper
 from companion_engine.speech.visemes import visemes_from_phonemes
 from companion_engine.speech.wav import pcm_to_wav
 from companion_engine.stages import Audio, StageOptions, TTSBackend
@@ -36,6 +36,7 @@ class PiperLocalTTS(TTSBackend):
 
     name: ClassVar[str] = "piper_local"
     description: ClassVar[str] = "Piper neural voices in process (piper-tts), with visemes"
+    marks_final: ClassVar[bool] = True
 
     class Options(StageOptions):
         #: A voice id (``en_US-joe-medium``; see ``GET /api/tts/voices``) or a path to an
@@ -87,7 +88,8 @@ class PiperLocalTTS(TTSBackend):
         await asyncio.shield(self._prepared)
 
     async def _prepare(self) -> None:
-        reason = piper.available()
+        # Imports ONNX Runtime and numpy the first time (~0.2 s): not on the event loop.
+        reason = await asyncio.to_thread(piper.available)
         if reason is None:
             try:
                 self._default = await self._resolve(self.options.voice)
@@ -191,23 +193,38 @@ class PiperLocalTTS(TTSBackend):
         if self._fallback is not None:
             return await self._fallback.synthesize(text, _without_voice(turn))
         model = await self._voice_for(turn)
-        result = await piper.voices().synthesize(model, text, self._synth_options(model, turn))
+        result = await piper.voices().synthesize(model, text, self._synth_options(model, turn),
+                                                 _target(turn))
         return _audio(result)
 
     async def stream(self, text: str, turn: Turn) -> AsyncIterator[Audio]:
         """The sentence's audio in parts as the decoder makes them (first part ~186 ms)."""
         await self.ready()
         if self._fallback is not None:
-            yield await self._fallback.synthesize(text, _without_voice(turn))
+            audio = await self._fallback.synthesize(text, _without_voice(turn))
+            audio.final = True  # one part, the last (``marks_final``)
+            yield audio
             return
         model = await self._voice_for(turn)
-        async for chunk in piper.voices().stream(model, text, self._synth_options(model, turn)):
+        async for chunk in piper.voices().stream(model, text, self._synth_options(model, turn),
+                                                 target=_target(turn)):
             yield _audio(chunk)
+
+
+def _target(turn: Turn) -> str | None:
+    """The turn's audio format when this install can make it: the worker that synthesises a
+    sentence encodes it too (else the session converts, or reports why it cannot)."""
+    fmt = turn.audio_format or turn.profile.speech.audio_format
+    return fmt if fmt and formats.unavailable(fmt) is None else None
 
 
 def _audio(chunk: piper.PcmChunk) -> Audio:
     duration = chunk.duration_ms
     visemes = visemes_from_phonemes(chunk.phonemes, duration) if chunk.phonemes else []
+    if chunk.encoded is not None:
+        out = chunk.encoded
+        return Audio(data=out.data, format=out.format, sample_rate=out.sample_rate,
+                     visemes=visemes, duration_ms=duration, final=chunk.final)
     return Audio(data=pcm_to_wav(chunk.pcm, chunk.sample_rate), format="wav",
                  sample_rate=chunk.sample_rate, visemes=visemes, duration_ms=duration,
                  final=chunk.final)

@@ -10,24 +10,24 @@ Piper (the ``piper-tts`` wheel) runs VITS voices exported to ONNX. A voice is an
   ``*piper*voice*`` are searched, or any package that registers itself in the
   ``piper_voices`` entry-point group.
 
-Loading splits the graph in two with the ``onnx`` tools: the *encoder* (text
-encoder, duration predictor, flow) turns phoneme ids into a latent of ``T``
-frames plus the number of frames each phoneme id lasts; the *decoder*
-(HiFi-GAN) turns latent frames into audio, 256 samples per frame. The decoder
-is convolutional, so a window of frames decoded with enough context on both
-sides gives the same samples as the whole latent: that is how audio streams
-within a sentence (``stream``), and the per-phoneme frame counts are the
-timing of the visemes. A model whose graph cannot be split is run whole (no
-streaming inside a sentence, no visemes).
+A voice runs as three ONNX Runtime sessions over its cut graph
+(``piper_graph``, cut once per model file in a child process and cached):
+*pre* (text encoder and duration predictor: phoneme ids to the prior over
+``T`` latent frames, sampling noise drawn once, and the frames each phoneme id
+lasts), the *flow* and the HiFi-GAN *decoder* (256 samples per frame). Flow
+and decoder are convolutional, so a window of frames run with enough context
+on both sides gives the whole run's samples: that is how audio streams within
+a sentence (``stream``: the first part after *pre* and two small runs), how a
+sentence's two halves run on two workers at once, and the per-phoneme frame
+counts are the timing of the visemes. A model whose graph cannot be cut is run
+whole (no streaming inside a sentence, no visemes).
 
 A loaded voice is shared by every pipeline that names it (reference counted:
-``acquire``/``release``) and by concurrent turns. ONNX Runtime sessions are
-thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
-sentences at once on two cores, each on one intra-op thread. With
-``COMPANION_PIPER_THREADS=N`` (N > 1) a job that starts while no other Piper job
-runs (the first sentence of a reply, usually) uses a second set of sessions
-with N intra-op threads: faster first audio on an otherwise idle machine, one
-more copy of the weights in memory.
+``acquire``/``release``; an unused one stays loaded ``UNLOAD_AFTER_S`` for the
+next pipeline of a hot reload) and by concurrent turns. ONNX Runtime sessions
+are thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
+sentences at once on two cores, each on one intra-op thread; a sentence that
+starts while the other worker is idle uses both (``synthesize_sync``).
 Phonemisation goes through Piper's own espeak-ng bridge, which holds its own
 lock. Nothing here touches the network.
 
@@ -41,16 +41,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata as md
+import importlib.util
 import json
-import os
+import shutil
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from loguru import logger
+
+from companion_engine.speech import formats, piper_graph
+from companion_engine.speech.formats import Encoded
 
 T = TypeVar("T")
 
@@ -58,29 +63,24 @@ T = TypeVar("T")
 PIPER_WORKERS = 2
 #: Audio samples per latent frame (Piper's ``hop_length``).
 HOP = 256
-#: Latent frames of context decoded on each side of a streamed window. HiFi-GAN's receptive
-#: field is about 12 frames; 16 makes windowed samples equal a whole decode's to one LSB.
-CONTEXT_FRAMES = 16
+#: Latent frames of context decoded on each side of a decoder window. HiFi-GAN's receptive
+#: field is about 12 frames; 16 makes windowed samples equal a whole decode's to float
+#: rounding (under 1e-6, measured).
+DECODER_CONTEXT = 16
+#: Frames of context on each side of a flow window: its four coupling layers of four
+#: kernel-5 convolutions see 32 frames each way; 40 gives the whole run's latent exactly.
+FLOW_CONTEXT = 40
 #: The first streamed window (16 frames: 186 ms at 22.05 kHz), then doubling up to the cap.
 FIRST_WINDOW_FRAMES = 16
 MAX_WINDOW_FRAMES = 128
+#: A whole sentence this long (64 frames: 0.74 s of audio) is made in two halves at once
+#: when the pool is otherwise idle; shorter ones are not worth the halves' extra context.
+PARALLEL_MIN_FRAMES = 64
 #: The sentence a voice's gain is measured on when it loads (also its warm-up).
 REFERENCE_TEXT = "Hello there! How are you doing today? I hope the weather is nice."
 #: Peak the reference sentence is scaled to.
 REFERENCE_PEAK = 0.9
 ENTRY_POINT_GROUP = "piper_voices"
-#: Intra-op threads of a job that runs alone (see the module docstring). 1 by default: on a
-#: shared machine (the LLM runs beside us, other work) a second thread waits on a busy core
-#: and makes synthesis slower, not faster (measured: 2.3x slower under load).
-FAST_THREADS = max(1, min(os.cpu_count() or 1, int(os.environ.get("COMPANION_PIPER_THREADS",
-                                                                  "1") or 1)))
-
-_lane = threading.local()
-
-
-def _threads() -> int:
-    """Intra-op threads the current worker job may use."""
-    return FAST_THREADS if getattr(_lane, "alone", False) else 1
 
 
 class PiperError(RuntimeError):
@@ -90,13 +90,16 @@ class PiperError(RuntimeError):
 def available() -> str | None:
     """None when in-process Piper can run here, else why not (a missing package)."""
     missing = []
-    for module in ("piper", "onnxruntime", "onnx", "numpy"):
+    for module in ("piper", "onnxruntime", "numpy"):
         try:
             __import__(module)
         except ImportError:
             missing.append(module)
         except Exception as exc:  # a broken native library
             return f"{module} failed to import: {exc}"
+    # The graph tools cut a voice in a child process (once per model file): only looked up.
+    if importlib.util.find_spec("onnx") is None:
+        missing.append("onnx")
     if missing:
         return (f"{', '.join(missing)} not installed (pip install "
                 f"'companion-engine[piper]')")
@@ -159,16 +162,29 @@ def _package_models(dist: md.Distribution) -> list[Path]:
     return out
 
 
-def _is_voice_package(dist: md.Distribution) -> bool:
-    name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
-    if "piper" in name and "voice" in name:
-        return True
-    return any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points)
+def _dist_name(dist: md.Distribution) -> str:
+    """A distribution's normalised name, from its folder name when it has one (no
+    METADATA parse: reading every package's metadata took 0.4 s here)."""
+    name = getattr(dist, "_normalized_name", None) or dist.metadata.get("Name") or ""
+    return str(name).lower().replace("-", "_").replace(".", "_")
 
 
-def discover_voices(voices_dirs: Iterable[Path] = ()) -> list[VoiceInfo]:
-    """Every voice in ``voices_dirs`` and in installed voice packages (blocking: call in a
-    thread). A later duplicate id is skipped."""
+def _voice_packages() -> list[md.Distribution]:
+    """Installed packages named ``*piper*voice*`` or registered in ``piper_voices``."""
+    registered = {_dist_name(ep.dist) for ep in md.entry_points(group=ENTRY_POINT_GROUP)
+                  if getattr(ep, "dist", None) is not None}
+    out: list[md.Distribution] = []
+    seen: set[str] = set()
+    for dist in md.distributions():
+        name = _dist_name(dist)
+        if name in seen or not (("piper" in name and "voice" in name) or name in registered):
+            continue
+        seen.add(name)
+        out.append(dist)
+    return out
+
+
+def _scan(voices_dirs: tuple[Path, ...]) -> list[VoiceInfo]:
     found: dict[str, VoiceInfo] = {}
 
     def add(model: Path, source: str) -> None:
@@ -183,15 +199,43 @@ def discover_voices(voices_dirs: Iterable[Path] = ()) -> list[VoiceInfo]:
         if folder.is_dir():
             for model in sorted(folder.glob("*.onnx")):
                 add(model, "voices_dir")
-    seen: set[str] = set()
-    for dist in md.distributions():
-        name = dist.metadata.get("Name") or ""
-        if name in seen or not _is_voice_package(dist):
-            continue
-        seen.add(name)
+    for dist in _voice_packages():
+        source = dist.metadata.get("Name") or _dist_name(dist)
         for model in _package_models(dist):
-            add(model, name)
+            add(model, source)
     return sorted(found.values(), key=lambda v: v.id)
+
+
+def _fingerprint(voices_dirs: tuple[Path, ...]) -> tuple[tuple[str, int], ...]:
+    """Modification times of the voice folders and of ``sys.path``'s folders: installing
+    or removing a package (or a voice file) changes one of them."""
+    out = []
+    for folder in (*voices_dirs, *(Path(p) for p in sys.path if p)):
+        try:
+            out.append((str(folder), folder.stat().st_mtime_ns))
+        except OSError:
+            out.append((str(folder), -1))
+    return tuple(out)
+
+
+_CATALOG: dict[tuple[Path, ...], tuple[tuple[tuple[str, int], ...], list[VoiceInfo]]] = {}
+_CATALOG_LOCK = threading.Lock()
+
+
+def discover_voices(voices_dirs: Iterable[Path] = ()) -> list[VoiceInfo]:
+    """Every voice in ``voices_dirs`` and in installed voice packages (blocking: call in a
+    thread). A later duplicate id is skipped. The answer is kept for the process until a
+    voice folder or a ``sys.path`` folder changes (so a hot reload does not scan again)."""
+    dirs = tuple(voices_dirs)
+    mark = _fingerprint(dirs)
+    with _CATALOG_LOCK:
+        hit = _CATALOG.get(dirs)
+        if hit is not None and hit[0] == mark:
+            return list(hit[1])
+    found = _scan(dirs)
+    with _CATALOG_LOCK:
+        _CATALOG[dirs] = (mark, found)
+    return list(found)
 
 
 def find_voice(voice: str, voices: list[VoiceInfo]) -> VoiceInfo | None:
@@ -227,6 +271,8 @@ class PcmChunk:
     phonemes: list[tuple[int, str]] = field(default_factory=list)
     #: The text's last chunk.
     final: bool = False
+    #: ``pcm`` encoded in the worker that made it (when the caller asked for a format).
+    encoded: Encoded | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -235,82 +281,90 @@ class PcmChunk:
 
 @dataclass(slots=True)
 class _Encoded:
-    """One phonemised sentence after the encoder: latent frames and per-phoneme timing."""
+    """One phonemised sentence after ``pre``: its tensors, length and per-phoneme timing."""
 
-    latent: Any  # np.ndarray [1, C, T]
-    extra: dict[str, Any]  # other decoder inputs (speaker embedding)
+    #: ``pre``'s outputs by name (the flow's inputs or the latent, a speaker embedding).
+    tensors: dict[str, Any]
+    #: Latent frames (256 samples each).
+    frames: int
     #: ``(start_frame, phoneme)`` per phoneme, in order.
     phonemes: list[tuple[int, str]]
-
-    @property
-    def frames(self) -> int:
-        return int(self.latent.shape[2])
+    #: Latent frames ``[0, len)`` computed so far by a stream (its windows run in order).
+    latent: Any = None
 
 
 _PAUSE = frozenset(",.;:!?¡¿…—-()\"'")
 
 
 class PiperModel:
-    """One voice loaded in memory: its config, and the encoder/decoder sessions."""
+    """One voice loaded in memory: its config, and the pre/flow/decoder sessions."""
 
-    def __init__(self, info: VoiceInfo) -> None:
+    def __init__(self, info: VoiceInfo, cache: Path | None = None) -> None:
         self.info = info
         self.sample_rate = info.sample_rate
         self.gain = 1.0
         self.streams = False
+        #: Whether the cut graph came from the cache (False: built at this load).
+        self.cached = False
+        self._cache = cache
         self._voice: Any = None  # piper.PiperVoice (for phonemisation and ids)
-        #: Sessions by intra-op threads (1, and FAST_THREADS).
-        self._encoder: dict[int, Any] = {}
-        self._decoder: dict[int, Any] = {}
-        self._whole: dict[int, Any] = {}
-        self._latent_name = ""
-        self._extra_names: list[str] = []
-        self._durations = False
+        self._pre: Any = None
+        self._flow: Any = None
+        self._decoder: Any = None
+        self._whole: Any = None
+        self._graph: piper_graph.SplitGraph | None = None
         self._id_map: dict[str, list[int]] = {}
 
     # --- loading (worker thread) ------------------------------------------------------------
 
     def load(self) -> None:
+        """Load the cut graph (building it in a child process on a cache miss) and warm the
+        sessions up on a reference sentence, which also measures the voice's gain."""
         import numpy as np
-        import onnx
         import onnxruntime as ort
         from piper import PiperVoice
         from piper.config import PiperConfig
 
         config = PiperConfig.from_dict(json.loads(self.info.config.read_text(encoding="utf-8")))
 
-        def session(graph: bytes, threads: int) -> Any:
+        def session(path: Path) -> Any:
             options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
             # Threads sleep when idle instead of spinning: the other core stays free.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-        lanes = sorted({1, FAST_THREADS})
-        model = onnx.load(str(self.info.model))
-        split = _split_points(model)
-        if split is not None:
-            latent, extra, durations, audio = split
-            enc_inputs = [i.name for i in model.graph.input]
-            ex = onnx.utils.Extractor(model)
-            encoder = ex.extract_model(enc_inputs, [latent, *extra, durations])
-            decoder = ex.extract_model([latent, *extra], [audio])
-            enc_bytes, dec_bytes = encoder.SerializeToString(), decoder.SerializeToString()
-            del encoder, decoder
-            self._encoder = {n: session(enc_bytes, n) for n in lanes}
-            self._decoder = {n: session(dec_bytes, n) for n in lanes}
-            self._latent_name, self._extra_names = latent, extra
-            self._durations = True
-            self.streams = True
-        else:
-            logger.warning("Piper voice {}: graph not split (unknown layout); no streaming "
-                           "within a sentence and no visemes", self.info.id)
-            whole = model.SerializeToString()
-            self._whole = {n: session(whole, n) for n in lanes}
-        del model
-        self._voice = PiperVoice(session=(self._encoder or self._whole)[1], config=config)
+        graph: piper_graph.SplitGraph | None = None
+        try:
+            graph, built = piper_graph.cached_split(self.info.model, self._cache)
+            self.cached = not built
+        except (piper_graph.GraphError, OSError) as exc:
+            logger.warning("Piper voice {}: {}", self.info.id, exc)
+        if graph is not None and graph.split:
+            try:
+                assert graph.pre is not None and graph.decoder is not None
+                self._pre, self._decoder = session(graph.pre), session(graph.decoder)
+                self._flow = session(graph.flow) if graph.flow is not None else None
+                self._graph = graph
+            except Exception as exc:  # a cut that ONNX Runtime cannot read: build it again
+                logger.warning("Piper voice {}: cached graph unreadable ({}); cutting again",
+                               self.info.id, exc)
+                shutil.rmtree(graph.folder, ignore_errors=True)
+                graph, _ = piper_graph.cached_split(self.info.model, self._cache)
+                self.cached = False
+                if graph.split:
+                    assert graph.pre is not None and graph.decoder is not None
+                    self._pre, self._decoder = session(graph.pre), session(graph.decoder)
+                    self._flow = session(graph.flow) if graph.flow is not None else None
+                    self._graph = graph
+        if self._graph is None:
+            logger.warning("Piper voice {}: graph not split; no streaming within a sentence "
+                           "and no visemes", self.info.id)
+            self._whole = session(self.info.model)
+        self.streams = self._graph is not None
+        self._voice = PiperVoice(session=self._pre or self._whole, config=config)
         self._id_map = {k: list(v) for k, v in config.phoneme_id_map.items()}
         self._config = config
         # One gain for the voice, from a reference sentence (which also warms it up).
@@ -363,26 +417,72 @@ class PiperModel:
         return args
 
     def encode(self, phonemes: list[str], o: SynthOptions) -> _Encoded:
+        """Text encoder and durations for one sentence (the sampling noise is drawn here,
+        once, so every window of it sees the same)."""
         import numpy as np
 
+        g = self._graph
+        assert g is not None
         ids, spans = self._ids(phonemes)
-        outputs = self._encoder[_threads()].run(None, self._inputs(ids, o))
-        latent, *extra, widths = outputs
-        widths = np.asarray(widths).reshape(-1).astype(np.int64)
+        tensors = dict(zip(g.pre_outputs, self._pre.run(None, self._inputs(ids, o)),
+                           strict=True))
+        widths = np.asarray(tensors.pop(g.durations)).reshape(-1).astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(widths)])
         timed = [(int(starts[a]), ph) for a, _b, ph in spans if a < len(starts)]
-        return _Encoded(latent, dict(zip(self._extra_names, extra, strict=True)), timed)
+        first = g.flow_inputs[0] if g.flow is not None else g.latent
+        return _Encoded(tensors, int(tensors[first].shape[2]), timed)
 
-    def decode(self, enc: _Encoded, start: int, end: int, context: int) -> bytes:
-        """Samples of latent frames ``[start, end)`` (decoded with ``context`` frames each
-        side), as 16-bit PCM."""
+    def latent(self, enc: _Encoded, start: int, end: int) -> Any:
+        """Latent frames ``[start, end)``: the flow run on them with ``FLOW_CONTEXT`` frames
+        of context each side (its receptive field), so they equal a whole run's."""
         import numpy as np
 
-        a, b = max(0, start - context), min(enc.frames, end + context)
-        latent = np.ascontiguousarray(enc.latent[:, :, a:b])
-        audio = self._decoder[_threads()].run(None, {self._latent_name: latent, **enc.extra})[0]
-        audio = np.asarray(audio).reshape(-1)[(start - a) * HOP : (end - a) * HOP]
-        return self._pcm(audio)
+        g = self._graph
+        assert g is not None
+        if g.flow is None:
+            return enc.tensors[g.latent][:, :, start:end]
+        a, b = max(0, start - FLOW_CONTEXT), min(enc.frames, end + FLOW_CONTEXT)
+        feeds = {}
+        for name in g.flow_inputs:
+            t = enc.tensors[name]
+            feeds[name] = np.ascontiguousarray(t[:, :, a:b]) if t.shape[-1] == enc.frames \
+                and (a, b) != (0, enc.frames) else t
+        return self._flow.run(None, feeds)[0][:, :, start - a:end - a]
+
+    def _decode(self, enc: _Encoded, latent: Any, offset: int, start: int, end: int) -> Any:
+        """Float samples of frames ``[start, end)`` from ``latent`` (which starts at frame
+        ``offset`` and covers ``DECODER_CONTEXT`` frames each side where the sentence has
+        them)."""
+        import numpy as np
+
+        g = self._graph
+        assert g is not None
+        a, b = max(0, start - DECODER_CONTEXT), min(enc.frames, end + DECODER_CONTEXT)
+        feeds = {g.latent: np.ascontiguousarray(latent[:, :, a - offset:b - offset])}
+        feeds.update((name, enc.tensors[name]) for name in g.decoder_extra)
+        audio = self._decoder.run(None, feeds)[0]
+        return np.asarray(audio).reshape(-1)[(start - a) * HOP:(end - a) * HOP]
+
+    def render(self, enc: _Encoded, start: int, end: int) -> Any:
+        """Float samples of frames ``[start, end)``, flow and decoder with their context
+        (independent of any other call: two halves of a sentence run at once)."""
+        a, b = max(0, start - DECODER_CONTEXT), min(enc.frames, end + DECODER_CONTEXT)
+        return self._decode(enc, self.latent(enc, a, b), a, start, end)
+
+    def decode(self, enc: _Encoded, start: int, end: int) -> bytes:
+        """16-bit PCM of frames ``[start, end)`` of a stream (windows in order): the first
+        window runs the flow on just the frames it needs, the second on all the rest."""
+        import numpy as np
+
+        if end <= start:
+            return b""
+        need = min(enc.frames, end + DECODER_CONTEXT)
+        have = 0 if enc.latent is None else int(enc.latent.shape[2])
+        if need > have:
+            upto = need if have == 0 else enc.frames
+            more = self.latent(enc, have, upto)
+            enc.latent = more if enc.latent is None else np.concatenate([enc.latent, more], 2)
+        return self._pcm(self._decode(enc, enc.latent, 0, start, end))
 
     def _pcm(self, audio: Any, volume: float = 1.0) -> bytes:
         import numpy as np
@@ -390,21 +490,36 @@ class PiperModel:
         scaled = np.clip(audio * (self.gain * 32767.0), -32767.0, 32767.0)
         return scaled.astype(np.int16).tobytes()
 
-    def synthesize_sync(self, text: str, o: SynthOptions) -> PcmChunk:
-        """The whole text at once (one encoder and one decoder run per sentence)."""
+    def synthesize_sync(self, text: str, o: SynthOptions,
+                        helper: Executor | None = None) -> PcmChunk:
+        """The whole text at once. With a ``helper`` (an idle worker pool) a sentence of
+        ``PARALLEL_MIN_FRAMES`` or more is made in two halves at once, the second half on
+        the helper; if the helper has not started it when the first half is done, the
+        first half's thread makes it too (never a wait on a busy pool)."""
         import numpy as np
 
         pcm: list[bytes] = []
         phonemes: list[tuple[int, str]] = []
         offset = 0
         for sentence in self.phonemize(text):
-            if self._whole:
+            if self._whole is not None:
                 ids, _ = self._ids(sentence)
-                audio = self._whole[_threads()].run(None, self._inputs(ids, o))[0]
+                audio = self._whole.run(None, self._inputs(ids, o))[0]
                 chunk = self._pcm(np.asarray(audio).reshape(-1))
             else:
                 enc = self.encode(sentence, o)
-                chunk = self.decode(enc, 0, enc.frames, 0)
+                if helper is not None and enc.frames >= PARALLEL_MIN_FRAMES:
+                    # The flow is cheap (a fifth of the decoder): run it whole, then the
+                    # decoder's two halves at once.
+                    latent = self.latent(enc, 0, enc.frames)
+                    mid = enc.frames // 2
+                    second = helper.submit(self._decode, enc, latent, 0, mid, enc.frames)
+                    head = self._decode(enc, latent, 0, 0, mid)
+                    tail = self._decode(enc, latent, 0, mid, enc.frames) if second.cancel() \
+                        else second.result()
+                    chunk = self._pcm(np.concatenate([head, tail]))
+                else:
+                    chunk = self._pcm(self.render(enc, 0, enc.frames))
                 phonemes += [(offset + self._ms(f), p) for f, p in enc.phonemes]
             pcm.append(chunk)
             offset += round(len(chunk) / 2 * 1000 / self.sample_rate)
@@ -439,41 +554,27 @@ def _viseme_phonemes(phonemes: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
-def _split_points(model: Any) -> tuple[str, list[str], str, str] | None:
-    """Tensor names to cut a Piper VITS graph at: (latent, other decoder inputs, per-id
-    durations, audio), or None when the graph does not look like one."""
-    g = model.graph
-    dec_nodes = [n for n in g.node if n.name.startswith("/dec/")]
-    ceil = [o for n in g.node if n.op_type == "Ceil" for o in n.output]
-    if not dec_nodes or len(ceil) != 1:
-        return None
-    produced = {o for n in dec_nodes for o in n.output}
-    constants = {i.name for i in g.initializer} | {
-        o for n in g.node if n.op_type == "Constant" for o in n.output}
-    external: list[str] = []
-    for n in dec_nodes:
-        for name in n.input:
-            if name and name not in produced and name not in constants \
-                    and name not in external:
-                external.append(name)
-    # The decoder's audio: a dec tensor consumed outside the decoder.
-    audio = [name for n in g.node if not n.name.startswith("/dec/") for name in n.input
-             if name in produced]
-    if not external or len(set(audio)) != 1:
-        return None
-    conv_pre = next((n for n in dec_nodes if n.name.startswith("/dec/conv_pre")), None)
-    latent = conv_pre.input[0] if conv_pre is not None else external[0]
-    if latent not in external:
-        return None
-    extra = [name for name in external if name != latent]
-    return latent, extra, ceil[0], audio[0]
-
-
 # --- the process's voices -------------------------------------------------------------------
 
 
+class _Spare(Executor):
+    """The pool's other worker, for the second half of a sentence (counted as a job)."""
+
+    def __init__(self, voices: PiperVoices) -> None:
+        self._voices = voices
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._voices._executor.submit(self._voices._job, fn, args)
+
+
 class PiperVoices:
-    """Loaded voices shared across pipelines (reference counted) and the worker pool."""
+    """Loaded voices shared across pipelines (reference counted) and the worker pool.
+
+    A voice nobody uses any more stays loaded for ``UNLOAD_AFTER_S`` (when released on an
+    event loop), so a hot reload that names it again takes it back instead of loading it
+    again."""
+
+    UNLOAD_AFTER_S = 30.0
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=PIPER_WORKERS,
@@ -483,22 +584,27 @@ class PiperVoices:
         self._loaded: dict[Path, tuple[PiperModel, int]] = {}
         self._count_lock = threading.Lock()
         self._active = 0
+        self._spare = _Spare(self)
+        #: Where cut graphs are cached (None: ``piper_graph.cache_root()``).
+        self.cache: Path | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._job, fn, args)
 
     def _job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """One worker job; it may use both cores when it is the only one running."""
         with self._count_lock:
             self._active += 1
-            _lane.alone = self._active == 1
         try:
             return fn(*args)
         finally:
             with self._count_lock:
                 self._active -= 1
-            _lane.alone = False
+
+    def _alone(self) -> bool:
+        """Whether the calling job is the only one running (the other worker is idle)."""
+        with self._count_lock:
+            return self._active == 1
 
     async def acquire(self, info: VoiceInfo) -> PiperModel:
         """The loaded model of ``info`` (loading it, in a worker thread, if no one has)."""
@@ -510,61 +616,119 @@ class PiperVoices:
             if entry is not None:
                 self._loaded[info.model] = (entry[0], entry[1] + 1)
                 return entry[0]
-            model = PiperModel(info)
+            model = PiperModel(info, self.cache)
             try:
                 model.load()
             except Exception as exc:
                 raise PiperError(f"Piper voice {info.id} failed to load from {info.model}: "
                                  f"{type(exc).__name__}: {exc}") from exc
             self._loaded[info.model] = (model, 1)
-            logger.info("Piper voice {} loaded ({} Hz, {}, from {})", info.id,
-                        info.sample_rate, info.quality or "quality unknown", info.source)
+            logger.info("Piper voice {} loaded ({} Hz, {}, from {}; graph {})", info.id,
+                        info.sample_rate, info.quality or "quality unknown", info.source,
+                        "from the cache" if model.cached else "cut now")
             return model
 
     def release(self, model: PiperModel) -> None:
-        """One user fewer; the last one unloads the voice."""
+        """One user fewer; the last one unloads the voice (``UNLOAD_AFTER_S`` later when
+        called on an event loop)."""
         with self._lock:
             entry = self._loaded.get(model.info.model)
             if entry is None:
                 return
-            if entry[1] <= 1:
-                del self._loaded[model.info.model]
-                logger.debug("Piper voice {} unloaded", model.info.id)
-            else:
-                self._loaded[model.info.model] = (entry[0], entry[1] - 1)
+            self._loaded[model.info.model] = (entry[0], entry[1] - 1)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._unload_unused(model.info.model)
+        else:
+            loop.call_later(self.UNLOAD_AFTER_S, self._unload_unused, model.info.model)
+
+    def _unload_unused(self, path: Path) -> None:
+        with self._lock:
+            entry = self._loaded.get(path)
+            if entry is not None and entry[1] <= 0:
+                del self._loaded[path]
+                logger.debug("Piper voice {} unloaded", entry[0].info.id)
 
     def loaded(self) -> list[str]:
-        return [m.info.id for m, _ in self._loaded.values()]
+        """Voices in use."""
+        return [m.info.id for m, n in self._loaded.values() if n > 0]
 
-    async def synthesize(self, model: PiperModel, text: str, o: SynthOptions) -> PcmChunk:
-        return await self.run(model.synthesize_sync, text, o)
+    async def synthesize(self, model: PiperModel, text: str, o: SynthOptions,
+                         target: str | None = None) -> PcmChunk:
+        """The whole text; with ``target`` (an audio format) also encoded to it, in the same
+        worker job (no second thread hand-off, no WAV in between)."""
+        return await self.run(self._synthesize, model, text, o, target)
+
+    def _synthesize(self, model: PiperModel, text: str, o: SynthOptions,
+                    target: str | None) -> PcmChunk:
+        chunk = model.synthesize_sync(text, o, self._spare if self._alone() else None)
+        return _encoded(chunk, target)
 
     async def stream(self, model: PiperModel, text: str, o: SynthOptions,
-                     first_frames: int = FIRST_WINDOW_FRAMES) -> AsyncIterator[PcmChunk]:
+                     first_frames: int = FIRST_WINDOW_FRAMES,
+                     target: str | None = None) -> AsyncIterator[PcmChunk]:
         """The text's audio in growing windows, each step its own worker job (so a cancelled
-        caller stops between windows and two streams share the pool fairly)."""
+        caller stops between windows and two streams share the pool fairly); with
+        ``target``, each part encoded to that format in the job that made it."""
         if not model.streams:
-            yield await self.synthesize(model, text, o)
+            yield await self.synthesize(model, text, o, target)
             return
-        sentences = await self.run(model.phonemize, text)
         window = max(1, first_frames)
+        # One worker job to the first bytes: phonemes, ``pre`` and the first window.
+        sentences, enc, chunk = await self.run(self._open, model, None, text, o, window,
+                                               target)
         if not sentences:
-            yield PcmChunk(b"", model.sample_rate, [], final=True)
+            yield _encoded(PcmChunk(b"", model.sample_rate, [], final=True), target)
             return
-        for number, phonemes in enumerate(sentences):
-            last_sentence = number == len(sentences) - 1
-            enc = await self.run(model.encode, phonemes, o)
+        for number in range(len(sentences)):
+            last = number == len(sentences) - 1
+            if enc is None:
+                _, enc, chunk = await self.run(self._open, model, sentences[number], text, o,
+                                               window, target)
+            assert enc is not None and chunk is not None
             start = 0
-            while start < enc.frames:
+            while True:
                 end = min(enc.frames, start + window)
-                pcm = await self.run(model.decode, enc, start, end, CONTEXT_FRAMES)
-                first_ms, last_ms = model._ms(start), model._ms(end)
-                ph = [(model._ms(f) - first_ms, p) for f, p in enc.phonemes
-                      if model._ms(start) <= model._ms(f) < last_ms]
-                yield PcmChunk(_apply_volume(pcm, o.volume), model.sample_rate,
-                               _viseme_phonemes(ph), final=last_sentence and end == enc.frames)
+                chunk.final = last and end == enc.frames
+                yield chunk
                 start = end
                 window = min(MAX_WINDOW_FRAMES, window * 2)
+                if start >= enc.frames:
+                    break
+                chunk = await self.run(self._window, model, enc, start,
+                                       min(enc.frames, start + window), o, target)
+            enc = chunk = None
+
+    @classmethod
+    def _open(cls, model: PiperModel, phonemes: list[str] | None, text: str, o: SynthOptions,
+              window: int, target: str | None,
+              ) -> tuple[list[list[str]], _Encoded | None, PcmChunk | None]:
+        """A sentence's ``pre`` and first window (phonemising ``text`` first when
+        ``phonemes`` is None): ``(sentences, encoded, first part)``."""
+        sentences = model.phonemize(text) if phonemes is None else [phonemes]
+        if not sentences:
+            return sentences, None, None
+        enc = model.encode(sentences[0], o)
+        return sentences, enc, cls._window(model, enc, 0, min(enc.frames, window), o, target)
+
+    @staticmethod
+    def _window(model: PiperModel, enc: _Encoded, start: int, end: int, o: SynthOptions,
+                target: str | None) -> PcmChunk:
+        """Frames ``[start, end)`` of a stream as a part, its visemes timed from its start."""
+        pcm = _apply_volume(model.decode(enc, start, end), o.volume)
+        first_ms, last_ms = model._ms(start), model._ms(end)
+        ph = [(model._ms(f) - first_ms, p) for f, p in enc.phonemes
+              if first_ms <= model._ms(f) < last_ms]
+        return _encoded(PcmChunk(pcm, model.sample_rate, _viseme_phonemes(ph)), target)
+
+
+def _encoded(chunk: PcmChunk, target: str | None) -> PcmChunk:
+    """``chunk`` with its audio also in ``target`` (None, ``wav`` or ``pcm16``: left as PCM,
+    which costs nothing to wrap on the event loop)."""
+    if target is not None and target not in ("wav", "pcm16"):
+        chunk.encoded = formats.encode(chunk.pcm, chunk.sample_rate, target)
+    return chunk
 
 
 _VOICES: PiperVoices | None = None

@@ -184,6 +184,8 @@ class SpeechSession:
         self.dropped = 0
         self._speaks = tts.speaks
         self._streams = type(tts).stream is not TTSBackend.stream
+        #: Its parts can go out as they come (it says which one is the last).
+        self._marks_final = self._streams and type(tts).marks_final
         self._views: dict[str | None, Turn] = {}
         self._inbox: asyncio.Queue[SpeechItem | None] = asyncio.Queue()
         self._order: asyncio.Queue[SpeechItem | None] = asyncio.Queue()
@@ -502,6 +504,8 @@ class SpeechSession:
                 held = None
             if got.final or not self.chunked:
                 await emit_part(got, True)
+            elif self._marks_final:
+                await emit_part(got, False)
             else:
                 held = got
 

@@ -48,7 +48,7 @@ async def speak_text(engine: Engine, pipeline: Pipeline, text: str, *, voice: st
     if why is not None:
         raise ApiError(422, why)
     turn = Turn(profile=pipeline.profile, user_message="", engine=engine, voice=voice,
-                speed=speed)
+                speed=speed, audio_format=audio_format)
     spoken = await speech_text(pipeline, text, turn)
     if not spoken:
         raise ApiError(422, "nothing to speak: the text is only markup, emoji or punctuation "
