@@ -147,7 +147,7 @@ class Segmenter:
 
 class Scorers:
     """The threads frames are scored on, shared by every session: the event loop never
-    scores. Leaner than an executor for a hop made ~15 times a second per session: one
+    scores. Leaner than an executor for a hop made 8-16 times a second per session: one
     C-level queue, no ``concurrent.futures`` machinery, the result posted straight back."""
 
     THREADS = 2
