@@ -23,6 +23,13 @@ every message as it arrives.
   detector and its events.
 
     python benchmarks/talk_e2e.py [--runs 7] [--rate 30] [--sessions 4] [--seconds 10]
+        [--vad-runs 3] [--parts latency,vad] [--profile DIR]
+
+The VAD measurement is taken ``--vad-runs`` times (idle, silence, speech each time) and the
+medians printed. ``BENCH_ENGINE_SRC=/path/to/checkout`` runs the engine from another checkout
+(e.g. ``main`` before a change) under this client; ``--profile DIR`` records the VAD engine
+with py-spy while the sessions stream (``DIR/talk-vad.txt``; read it with
+``benchmarks/pyspy_top.py``; profiling costs the engine CPU, so take CPU figures without it).
 """
 
 from __future__ import annotations
@@ -127,9 +134,12 @@ class Engine:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, http: aiohttp.ClientSession) -> None:
+        env = dict(os.environ)
+        if env.get("BENCH_ENGINE_SRC"):  # another checkout's engine, first on its sys.path
+            env["PYTHONPATH"] = env.pop("BENCH_ENGINE_SRC")
         self.proc = await asyncio.create_subprocess_exec(
             str(REPO / ".venv" / "bin" / "companion"), "serve", "--config", str(self.config),
-            "--port", str(self.port), "--no-reload",
+            "--port", str(self.port), "--no-reload", env=env,
             stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -323,34 +333,49 @@ async def barge_in(engine: Engine, http: aiohttp.ClientSession, stop: Any, runs:
     return out
 
 
-async def vad_cpu(engine: Engine, speech: Any, sessions: int, seconds: float
-                  ) -> dict[str, float]:
+async def vad_cpu(engine: Engine, speech: Any, sessions: int, seconds: float, rounds: int,
+                  profile: Path | None = None) -> dict[str, list[float]]:
+    """Engine CPU (% of one core) idle with the sessions open, and per session while they
+    stream silence and speech in real time; ``rounds`` times, the three interleaved."""
     assert engine.proc is not None
     pid = engine.proc.pid
     opened = [await open_session(engine, enable_tts=False) for _ in range(sessions)]
     silence = bytes(32000 * int(seconds))
     loop_pcm = (speech.pcm() * int(seconds * 32000 // len(speech.pcm()) + 1))[:32000 * int(
         seconds)]
+    spy = None
+    if profile is not None:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from harness import PySpy
 
-    async def quiet() -> None:
-        await asyncio.sleep(seconds)
+        spy = PySpy(pid, profile / "talk-vad.txt")
+        await asyncio.sleep(1)  # py-spy attached
 
-    cpu0 = cpu_seconds(pid)
-    t0 = time.perf_counter()
-    await quiet()
-    idle = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
-    cpu0 = cpu_seconds(pid)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(s.speak(silence) for s in opened))
-    silent = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
-    cpu0 = cpu_seconds(pid)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(s.speak(loop_pcm) for s in opened))
-    talking = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+    async def measure(pcm: bytes | None) -> float:
+        cpu0 = cpu_seconds(pid)
+        t0 = time.perf_counter()
+        if pcm is None:
+            await asyncio.sleep(seconds)
+        else:
+            await asyncio.gather(*(s.speak(pcm) for s in opened))
+        return (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+
+    out: dict[str, list[float]] = {"idle": [], "silence": [], "speech": []}
+    try:
+        for _ in range(rounds):
+            idle = await measure(None)
+            silent = await measure(silence)
+            talking = await measure(loop_pcm)
+            out["idle"].append(idle * 100)
+            out["silence"].append((silent - idle) / sessions * 100)
+            out["speech"].append((talking - idle) / sessions * 100)
+    finally:
+        if spy is not None:
+            spy.stop()
+            print(f"profile: {spy.path}", file=sys.stderr)
     for s in opened:
         await s.close()
-    return {"idle": idle * 100, "silence": (silent - idle) / sessions * 100,
-            "speech": (talking - idle) / sessions * 100}
+    return out
 
 
 def silero_frame_ms() -> float:
@@ -383,62 +408,78 @@ async def run(args: argparse.Namespace) -> None:
     assert servers.stdout is not None
     await servers.stdout.readline()
     base = f"http://127.0.0.1:{port}/v1"
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(Path(tmp) / "talk", base)
         quiet = Engine(Path(tmp) / "vad", base, listening=False)
         async with aiohttp.ClientSession() as http:
             try:
-                await engine.start(http)
-                llm_ms = await llm_first_fragment_ms(args.rate)
-                eos = await end_of_speech(engine, question, args.runs)
-                base_line = await typed(engine, http, args.runs)
-                barge = await barge_in(engine, http, stop, args.runs,
-                                       f"http://127.0.0.1:{port + 1}/requests")
-                await engine.stop()
-                await quiet.start(http)
-                await asyncio.sleep(5)  # LiteLLM's background import is done
-                cpu = await vad_cpu(quiet, talk, args.sessions, args.seconds)
+                if "latency" in parts:
+                    await engine.start(http)
+                    llm_ms = await llm_first_fragment_ms(args.rate)
+                    eos = await end_of_speech(engine, question, args.runs)
+                    base_line = await typed(engine, http, args.runs)
+                    barge = await barge_in(engine, http, stop, args.runs,
+                                           f"http://127.0.0.1:{port + 1}/requests")
+                    await engine.stop()
+                if "vad" in parts:
+                    await quiet.start(http)
+                    await asyncio.sleep(5)  # LiteLLM's background import is done
+                    cpu = await vad_cpu(quiet, talk, args.sessions, args.seconds,
+                                        args.vad_runs, args.profile)
             finally:
                 await engine.stop()
                 await quiet.stop()
                 servers.terminate()
                 await servers.wait()
-    frame_s = silero_frame_ms()
     n = args.runs
-    print(f"LLM at {args.rate:g} tokens/s (first fragment complete after {llm_ms:.0f} ms), "
-          f"STT server answering at once; median / p90 of {n} runs\n")
-    print("| end of speech -> first audio byte | median | p90 |")
-    print("| --- | --- | --- |")
-    for key, label in (("total", "end of the user's voice -> first audio frame received"),
-                       ("vad", "of which: the detector's pause (`min_silence_ms` 500 + a frame)"),
-                       ("after_vad", "`vad speech_end` -> first audio frame"),
-                       ("stt", "of which: STT (server-side `stt_ms`)"),
-                       ("server", "server-side `speech_to_audio_ms`")):
-        print(f"| {label} | {median(eos[key]):.0f} ms | {p90(eos[key]):.0f} ms |")
-    engine_part = [a - llm_ms for a in eos["after_vad"]]
-    print(f"| **`speech_end` -> audio, less the LLM's {llm_ms:.0f} ms** (goal <= 250 ms) | "
-          f"**{median(engine_part):.0f} ms** | {p90(engine_part):.0f} ms |")
-    print(f"| baseline: typed over /api/ws, text -> first audio frame | "
-          f"{median(base_line['ws_text']):.0f} ms | {p90(base_line['ws_text']):.0f} ms |")
-    print(f"| baseline: /api/chat/stream, request -> first `audio_ready` | "
-          f"{median(base_line['sse']):.0f} ms | {p90(base_line['sse']):.0f} ms |")
-    print("\n| barge-in (from the first frame of the user's voice) | median | p90 | max |")
-    print("| --- | --- | --- | --- |")
-    for key, label in (("last_frame", "**last audio frame received** (goal <= 100 ms)"),
-                       ("interrupted", "`interrupted` received (`min_speech_ms` 250)"),
-                       ("llm_closed", "LLM stream closed (seen by the LLM server)")):
-        xs = barge[key]
-        if xs:
-            print(f"| {label} | {median(xs):.0f} ms | {p90(xs):.0f} ms | {max(xs):.0f} ms |")
-    print(f"\nVAD, {args.sessions} live sessions streaming {args.seconds:g} s each in real time "
-          f"(engine CPU, % of one core):\n")
-    print("| what | CPU |")
-    print("| --- | --- |")
-    print(f"| engine idle, sessions open (baseline) | {cpu['idle']:.2f} % |")
-    print(f"| per session, silence | {cpu['silence']:.2f} % |")
-    print(f"| **per session, speech and silence** (goal < 2 %) | **{cpu['speech']:.2f} %** |")
-    print(f"| diagnostic, in process: one Silero frame (32 ms of audio) | "
-          f"{frame_s:.3f} ms = {frame_s / 32 * 100:.2f} % of one core |")
+    engine_from = os.environ.get("BENCH_ENGINE_SRC") or str(REPO)
+    print(f"engine from {engine_from}\n")
+    if "latency" in parts:
+        print(f"LLM at {args.rate:g} tokens/s (first fragment complete after {llm_ms:.0f} ms), "
+              f"STT server answering at once; median / p90 of {n} runs\n")
+        print("| end of speech -> first audio byte | median | p90 |")
+        print("| --- | --- | --- |")
+        for key, label in (("total", "end of the user's voice -> first audio frame received"),
+                           ("vad", "of which: the detector's pause (`min_silence_ms` 500 + a "
+                                   "frame)"),
+                           ("after_vad", "`vad speech_end` -> first audio frame"),
+                           ("stt", "of which: STT (server-side `stt_ms`)"),
+                           ("server", "server-side `speech_to_audio_ms`")):
+            print(f"| {label} | {median(eos[key]):.0f} ms | {p90(eos[key]):.0f} ms |")
+        engine_part = [a - llm_ms for a in eos["after_vad"]]
+        print(f"| **`speech_end` -> audio, less the LLM's {llm_ms:.0f} ms** (goal <= 250 ms) | "
+              f"**{median(engine_part):.0f} ms** | {p90(engine_part):.0f} ms |")
+        print(f"| baseline: typed over /api/ws, text -> first audio frame | "
+              f"{median(base_line['ws_text']):.0f} ms | {p90(base_line['ws_text']):.0f} ms |")
+        print(f"| baseline: /api/chat/stream, request -> first `audio_ready` | "
+              f"{median(base_line['sse']):.0f} ms | {p90(base_line['sse']):.0f} ms |")
+        print("\n| barge-in (from the first frame of the user's voice) | median | p90 | max |")
+        print("| --- | --- | --- | --- |")
+        for key, label in (("last_frame", "**last audio frame received** (goal <= 100 ms)"),
+                           ("interrupted", "`interrupted` received (`min_speech_ms` 250)"),
+                           ("llm_closed", "LLM stream closed (seen by the LLM server)")):
+            xs = barge[key]
+            if xs:
+                print(f"| {label} | {median(xs):.0f} ms | {p90(xs):.0f} ms | "
+                      f"{max(xs):.0f} ms |")
+    if "vad" in parts:
+        frame_s = silero_frame_ms()
+        print(f"\nVAD, {args.sessions} live sessions streaming {args.seconds:g} s each in real "
+              f"time (engine CPU, % of one core; median of {args.vad_runs} rounds, each "
+              f"round's figures in brackets):\n")
+        print("| what | CPU |")
+        print("| --- | --- |")
+
+        def row(key: str) -> str:
+            each = ", ".join(f"{x:.2f}" for x in cpu[key])
+            return f"{median(cpu[key]):.2f} % [{each}]"
+
+        print(f"| engine idle, sessions open (baseline) | {row('idle')} |")
+        print(f"| per session, silence | {row('silence')} |")
+        print(f"| **per session, speech and silence** (goal < 2 %) | **{row('speech')}** |")
+        print(f"| diagnostic, in process: one Silero frame (32 ms of audio) | "
+              f"{frame_s:.3f} ms = {frame_s / 32 * 100:.2f} % of one core |")
 
 
 def main() -> None:
@@ -447,12 +488,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--vad-runs", type=int, default=3,
+                        help="rounds of the VAD CPU measurement (medians printed)")
+    parser.add_argument("--parts", default="latency,vad",
+                        help="what to measure: latency (end of speech, barge-in), vad")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy the VAD engine while the sessions stream")
     parser.add_argument("--servers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if args.servers:
         asyncio.run(serve(args.servers, args.rate))
     else:
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
         asyncio.run(run(args))
 
 

@@ -270,6 +270,14 @@ class VADBackend(Stage):
         thread, in stream order; may update ``state``."""
         raise NotImplementedError
 
+    def speech_probabilities(self, frames: bytes, state: Any) -> list[float]:
+        """One probability per frame of ``frames`` (whole frames, in stream order). The
+        stream hands a backend several frames at a time; override this when scoring them
+        together is cheaper (Silero: one model run per block)."""
+        fb = self.frame_samples * 2
+        return [float(self.speech_probability(frames[i:i + fb], state))
+                for i in range(0, len(frames) - fb + 1, fb)]
+
     def stream(self, options: VADOptions | None = None) -> Any:
         """A ``VADStream`` over this backend (``options`` override the profile's)."""
         from companion_engine.speech.vad import VADStream

@@ -232,3 +232,138 @@ async def test_hook_register_vad_backends(tmp_path) -> None:  # type: ignore[no-
     # A peak detector misses the quiet start of a fricative ("F"): looser than Silero.
     assert_close(utterances(await detect(pipeline, rec.pcm())), rec.segments,
                  start_ms=150, end_ms=450)
+
+
+# --- blocks: scoring several frames per trip decides exactly what frame-by-frame does ---------
+
+
+def _silero_or_skip(*, sequence: bool = True) -> silero.SileroModel:
+    try:
+        return silero.load(sequence=sequence)
+    except silero.SileroUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def noisy_talk(conversation: Recording) -> bytes:
+    return conversation.pcm(conversation.with_noise(0.005))
+
+
+def frame_by_frame(pcm: bytes, options: VADOptions) -> list[VADEvent]:
+    """The reference: each whole 512-sample window scored alone by the stepwise model, in
+    order, into a segmenter; a partial window at the end is not scored."""
+    model = _silero_or_skip(sequence=False)
+    state = silero.SileroState()
+    seg = Segmenter(options, silero.FRAME_SAMPLES, silero.SAMPLE_RATE)
+    fb = silero.FRAME_SAMPLES * 2
+    events: list[VADEvent] = []
+    for i in range(0, len(pcm) - fb + 1, fb):
+        events += seg.push(model.probability(pcm[i:i + fb], state))
+    return events + seg.finish()
+
+
+def test_the_sequence_export_scores_exactly_as_the_stepwise_model(noisy_talk: bytes) -> None:
+    """Blocks of any size through the sequence export: the same probabilities and the same
+    recurrent state, bit for bit, as one frame at a time."""
+    seq = _silero_or_skip()
+    if not seq.sequence:
+        pytest.skip(f"this silero-vad wheel has no {silero.SEQUENCE_FILE}")
+    step = _silero_or_skip(sequence=False)
+    fb = silero.FRAME_SAMPLES * 2
+    pcm = noisy_talk[:fb * 120]
+    one, expected = silero.SileroState(), []
+    for i in range(0, len(pcm), fb):
+        expected.append(step.probability(pcm[i:i + fb], one))
+    blocks, got = silero.SileroState(), []
+    pos = 0
+    for n in [1, 2, 4, 3, 7, 1, 16] * 10:
+        got += seq.probabilities(pcm[pos:pos + n * fb], blocks)
+        pos += n * fb
+        if pos >= len(pcm):
+            break
+    assert got == expected[:len(got)] and len(got) == len(expected)
+    assert np.array_equal(blocks.state, one.state)
+    assert np.array_equal(blocks.context, one.context)
+    assert max(expected) > 0.9 and min(expected) < 0.1
+
+
+@pytest.mark.parametrize("chunk_samples", [1, 333, 511, 512, 513, 1000, 4799])
+async def test_blocks_of_any_chunking_decide_as_frame_by_frame(
+        noisy_talk: bytes, chunk_samples: int) -> None:
+    """Real speech with noise, sent in chunks of odd sizes (a window split across chunks, a
+    partial window at the end): the stream's blocks on the scoring threads give the same
+    events, at the same times, as scoring each window alone."""
+    options = VADOptions(min_silence_ms=500, min_speech_ms=250)
+    pcm = noisy_talk + bytes(2 * 300)  # ends with a partial window
+    expected = frame_by_frame(pcm, options)
+    pipeline = vad_pipeline({"silero": {"fallback": False}})
+    await pipeline.vad.setup(None)  # type: ignore[arg-type]
+    stream = pipeline.vad.stream(options)
+    step = chunk_samples * 2
+    events: list[VADEvent] = []
+    for i, pos in enumerate(range(0, len(pcm), step)):
+        stream.urgent = i % 7 == 3  # a reply starts and stops now and then
+        events += await stream.feed(pcm[pos:pos + step])
+    events += stream.finish()
+    assert events == expected
+    assert [e.kind for e in expected].count("speech_end") == 3
+    assert stream.samples == len(pcm) // 2
+
+
+def test_block_size_follows_what_a_late_decision_would_cost() -> None:
+    stream = VADStream(Threaded(), VADOptions(min_speech_ms=60, min_silence_ms=200))
+    small = stream.frame_bytes * VADStream.batch_frames
+    large = stream.frame_bytes * VADStream.relaxed_batch_frames
+    assert small < large
+    assert stream.block_bytes == large  # silent, nothing to interrupt
+    stream.urgent = True
+    assert stream.block_bytes == small  # a reply plays: an onset must hold it at once
+    stream.urgent = False
+    loud, quiet = _loud(10), bytes(320)  # one 10 ms frame each
+    assert stream.feed_sync(loud * 3) == []  # not a block yet: nothing scored
+    assert [e.kind for e in stream.feed_sync(loud)] == ["onset"]
+    assert stream.block_bytes == small  # an onset being confirmed (60 ms)
+    assert [e.kind for e in stream.feed_sync(loud * 2)] == ["speech_start"]
+    assert stream.block_bytes == large  # speech going on
+    stream.feed_sync(quiet * 4)  # silence after speech: the end may come
+    assert stream.segmenter.silence_started and stream.block_bytes == small
+    # An ending shorter than a large block: small blocks all through the speech.
+    short = VADStream(Threaded(), VADOptions(min_speech_ms=10, min_silence_ms=30))
+    assert [e.kind for e in short.feed_sync(loud * 4)] == ["onset", "speech_start"]
+    assert short.block_bytes == small
+
+
+@settings(max_examples=60)
+@given(pattern=st.lists(st.tuples(st.booleans(), st.integers(1, 900)), min_size=1, max_size=12),
+       cuts=st.lists(st.tuples(st.integers(1, 4000), st.booleans()), min_size=1, max_size=40),
+       min_silence=st.integers(30, 600))
+def test_urgency_changes_when_events_come_not_which(
+        pattern: list[tuple[bool, int]], cuts: list[tuple[int, bool]], min_silence: int) -> None:
+    """Whatever the blocks (urgent or relaxed, any chunking), the events are those of frames
+    scored one at a time."""
+    options = VADOptions(min_silence_ms=min_silence)
+    pcm = b"".join(_loud(ms) if loud else bytes(32 * ms) for loud, ms in pattern)
+    backend = Threaded()
+    seg = Segmenter(options, backend.frame_samples, backend.sample_rate)
+    fb = backend.frame_samples * 2
+    expected = [e for i in range(0, len(pcm) - fb + 1, fb)
+                for e in seg.push(backend.speech_probability(pcm[i:i + fb], None))]
+    expected += seg.finish()
+    stream = VADStream(backend, options)
+    events: list[VADEvent] = []
+    pos, i = 0, 0
+    while pos < len(pcm):
+        size, urgent = cuts[i % len(cuts)]
+        stream.urgent = urgent
+        events += stream.feed_sync(pcm[pos:pos + size * 2])
+        pos += size * 2
+        i += 1
+    assert events + stream.finish() == expected
+
+
+def test_a_backend_scoring_one_frame_scores_blocks_frame_by_frame() -> None:
+    """``VADBackend.speech_probabilities`` defaults to ``speech_probability`` per frame."""
+    backend = Threaded()
+    fb = backend.frame_samples * 2
+    pcm = _loud(10) + bytes(fb) + _loud(10) + bytes(fb // 2)  # and half a frame, not scored
+    assert backend.speech_probabilities(pcm, None) == [1.0, 0.0, 1.0]

@@ -94,14 +94,17 @@ class SileroVAD(VADBackend):
         return silero.SileroState()
 
     def speech_probability(self, frame: bytes, state: Any) -> float:
+        return self.speech_probabilities(frame, state)[0]
+
+    def speech_probabilities(self, frames: bytes, state: Any) -> list[float]:
         if self._fallback is not None:
-            return self._fallback.speech_probability(frame, state)
+            return self._fallback.speech_probabilities(frames, state)
         model = self._model
         if model is None:  # the first frame (a worker thread: loading blocks only it)
             if self._path is None:
                 raise RuntimeError("the Silero model is not available (setup() was not run)")
             model = self._model = silero.load(self._path)
-        return model.probability(frame, state)
+        return model.probabilities(frames, state)
 
 
 @hookimpl

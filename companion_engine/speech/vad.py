@@ -2,10 +2,9 @@
 
 A ``VADBackend`` only scores frames. ``VADStream`` does the rest for one audio
 stream: it cuts whatever arrives (any chunk size) into the backend's frames,
-scores them on a worker thread (``Scorers``, two frames per trip), never on the
-event loop, and feeds the scores to
-a ``Segmenter``, whose rules are those of Silero's own iterator plus a minimum
-speech length:
+scores them on a worker thread (``Scorers``, a block of frames per trip), never on
+the event loop, and feeds the scores to a ``Segmenter``, whose rules are those of
+Silero's own iterator plus a minimum speech length:
 
 - a frame at or above ``threshold`` while silent is an *onset* (``onset`` event);
 - the onset becomes speech (``speech_start``, dated at the onset) once
@@ -84,6 +83,11 @@ class Segmenter:
         return frame * self.frame_samples * 1000 // self.sample_rate
 
     @property
+    def silence_started(self) -> bool:
+        """In speech, frames below the silence threshold are being counted."""
+        return self._silence_start is not None
+
+    @property
     def start_ms(self) -> int | None:
         """Where the current onset or speech began (None while silent)."""
         return None if self.state == self.SILENT else self.ms(self._start)
@@ -143,7 +147,7 @@ class Segmenter:
 
 class Scorers:
     """The threads frames are scored on, shared by every session: the event loop never
-    scores. Leaner than an executor for a hop made ~15 times a second per session: one
+    scores. Leaner than an executor for a hop made 8-16 times a second per session: one
     C-level queue, no ``concurrent.futures`` machinery, the result posted straight back."""
 
     THREADS = 2
@@ -198,11 +202,30 @@ class VADStream:
 
     ``await feed(pcm)`` takes 16-bit mono PCM at the backend's rate in any chunk size
     and returns the events the new audio completed.
+
+    Whole frames wait in one buffer and go to a scoring thread as a block: each trip
+    (a thread wake-up, a model run, the result posted back to the loop) costs more than
+    a frame's own scoring, so fewer, larger blocks are cheaper. How many frames make a
+    block depends on what a late decision would cost:
+
+    - ``batch_frames`` (2, 64 ms of Silero audio) while the stream is ``urgent`` (the
+      session is playing a reply: an onset must hold its audio at once, barge-in) and
+      while a decision is near: an onset is being confirmed (``speech_start`` or
+      ``false_start``), or the speech has fallen silent (``speech_end`` may come);
+    - ``relaxed_batch_frames`` (4, 128 ms) otherwise: listening to silence with nothing
+      to interrupt (only an onset can come, and nothing waits for it) or to speech that
+      goes on.
+
+    Events are the same whatever the blocks (the scores and the segmenter see every frame
+    in order; a test checks it): only when they are delivered moves, by at most the
+    frames of one block.
     """
 
-    #: Frames scored per trip to a worker thread: 2 halves the trips (each costs more than
-    #: a Silero frame) for at most one frame (32 ms) more before an onset is seen.
+    #: Frames per trip while a decision is near or the stream is ``urgent``: 2 halves the
+    #: trips for at most one frame (32 ms) more before an onset is seen.
     batch_frames = 2
+    #: Frames per trip otherwise.
+    relaxed_batch_frames = 4
 
     def __init__(self, backend: VADBackend, options: VADOptions) -> None:
         self.backend = backend
@@ -211,6 +234,14 @@ class VADStream:
         self.state: Any = backend.new_state()
         self.segmenter = Segmenter(options, backend.frame_samples, backend.sample_rate)
         self._pending = bytearray()
+        self._urgent_bytes = self.frame_bytes * self.batch_frames
+        self._relaxed_bytes = self.frame_bytes * max(self.batch_frames,
+                                                     self.relaxed_batch_frames)
+        # Relaxed blocks in speech only when the shortest ending (silence start to
+        # ``speech_end``) outlasts a relaxed block.
+        self._relax_in_speech = self.segmenter.min_silence > self.relaxed_batch_frames
+        #: The session is playing a reply: score as soon as a small block is there.
+        self.urgent = False
         #: Samples fed so far (scored or waiting for a whole frame).
         self.samples = 0
         #: The last frame's speech probability.
@@ -219,6 +250,18 @@ class VADStream:
     @property
     def position_ms(self) -> int:
         return self.samples * 1000 // self.backend.sample_rate
+
+    @property
+    def block_bytes(self) -> int:
+        """How much audio makes a block to score now (see the class docstring)."""
+        if self.urgent:
+            return self._urgent_bytes
+        seg = self.segmenter
+        state = seg.state
+        if state == Segmenter.SILENT or (state == Segmenter.SPEECH and self._relax_in_speech
+                                         and not seg.silence_started):
+            return self._relaxed_bytes
+        return self._urgent_bytes
 
     async def feed(self, pcm: bytes) -> list[VADEvent]:
         frames = self._take(pcm)
@@ -241,18 +284,18 @@ class VADStream:
         return events + self.segmenter.finish()
 
     def _take(self, pcm: bytes) -> bytes:
-        self.samples += len(pcm) // 2
-        self._pending += pcm
-        if len(self._pending) < self.frame_bytes * self.batch_frames:
+        self.samples += len(pcm) >> 1
+        pending = self._pending
+        pending += pcm
+        if len(pending) < self.block_bytes:
             return b""
-        n = len(self._pending) // self.frame_bytes * self.frame_bytes
-        frames = bytes(self._pending[:n])
-        del self._pending[:n]
+        n = len(pending) // self.frame_bytes * self.frame_bytes
+        frames = bytes(pending[:n])
+        del pending[:n]
         return frames
 
     def _score(self, frames: bytes) -> list[float]:
-        fb, score, state = self.frame_bytes, self.backend.speech_probability, self.state
-        return [float(score(frames[i:i + fb], state)) for i in range(0, len(frames), fb)]
+        return self.backend.speech_probabilities(frames, self.state)
 
     def _segment(self, probs: list[float]) -> list[VADEvent]:
         events: list[VADEvent] = []

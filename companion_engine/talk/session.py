@@ -366,6 +366,8 @@ class TalkSession:
             await self._new_listener()  # a reload swapped the pipeline: its VAD from now on
             listener = self._listener
             assert listener is not None
+        # While a reply plays, an onset must hold its audio at once: small blocks.
+        listener.stream.urgent = self._reply is not None
         for event in await listener.feed(pcm):
             await self._vad_event(event)
         if listener.in_speech and self._utterance_start is not None:
