@@ -188,3 +188,11 @@ def test_halves_only_when_a_core_is_spare(monkeypatch: pytest.MonkeyPatch) -> No
     assert not piper.spare_core()
     monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
     assert piper.spare_core() is (cores > 1)
+
+
+def test_an_unwritable_cache_root_falls_back_to_the_temp_folder(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    root = piper_graph.usable_root(blocked / "cache")
+    assert root != blocked / "cache" and root.is_dir()
+    assert piper_graph.usable_root(tmp_path / "fine") == tmp_path / "fine"
