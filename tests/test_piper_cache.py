@@ -154,7 +154,7 @@ async def test_whole_sentence_halves_on_two_workers_equal_one_run(
     voices.cache = root
     model = await voices.acquire(info)
     text = "The quiet lighthouse keeper counted every ship that passed beneath the cliffs."
-    halves = await voices.synthesize(model, text, STEADY)  # alone: split over both workers
+    halves = await voices.run(model.synthesize_sync, text, STEADY, voices._spare)
     one = await voices.run(model.synthesize_sync, text, STEADY)  # no helper: one run
     a, b = (np.frombuffer(x.pcm, dtype=np.int16).astype(np.int32) for x in (halves, one))
     assert len(a) == len(b) > 2 * piper.PARALLEL_MIN_FRAMES * piper.HOP
@@ -179,3 +179,20 @@ async def test_a_released_voice_is_taken_back_by_the_next_user(
     voices.release(again)
     await asyncio.sleep(0.01)
     assert voices._loaded == {}
+
+
+def test_halves_only_when_a_core_is_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine a second thread only shares the same CPU: one run is sooner."""
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.0, 0.0, 0.0))
+    assert not piper.spare_core()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
+    assert piper.spare_core() is (cores > 1)
+
+
+def test_an_unwritable_cache_root_falls_back_to_the_temp_folder(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    root = piper_graph.usable_root(blocked / "cache")
+    assert root != blocked / "cache" and root.is_dir()
+    assert piper_graph.usable_root(tmp_path / "fine") == tmp_path / "fine"

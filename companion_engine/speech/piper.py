@@ -27,7 +27,8 @@ A loaded voice is shared by every pipeline that names it (reference counted:
 next pipeline of a hot reload) and by concurrent turns. ONNX Runtime sessions
 are thread-safe. The process's small pool (``PIPER_WORKERS`` threads) runs two
 sentences at once on two cores, each on one intra-op thread; a sentence that
-starts while the other worker is idle uses both (``synthesize_sync``).
+starts while the other worker is idle, on a machine with a core to spare, uses both
+(``synthesize_sync``).
 Phonemisation goes through Piper's own espeak-ng bridge, which holds its own
 lock. Nothing here touches the network.
 
@@ -43,6 +44,7 @@ import asyncio
 import importlib.metadata as md
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import threading
@@ -557,6 +559,20 @@ def _viseme_phonemes(phonemes: list[tuple[int, str]]) -> list[tuple[int, str]]:
 # --- the process's voices -------------------------------------------------------------------
 
 
+def spare_core() -> bool:
+    """Whether the machine's load (1-minute average, which counts our own busy thread)
+    leaves a core idle. On a busy machine the halves' second thread only competes for the
+    same CPU share and their extra context makes the sentence later, not sooner."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return False
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average here (Windows): assume a spare core
+        return True
+    return load < cores - 0.5
+
+
 class _Spare(Executor):
     """The pool's other worker, for the second half of a sentence (counted as a job)."""
 
@@ -602,9 +618,12 @@ class PiperVoices:
                 self._active -= 1
 
     def _alone(self) -> bool:
-        """Whether the calling job is the only one running (the other worker is idle)."""
+        """Whether the calling job is the only one running (the other worker is idle) and
+        the machine likely has a core to spare for the second half of its sentence."""
         with self._count_lock:
-            return self._active == 1
+            if self._active != 1:
+                return False
+        return spare_core()
 
     async def acquire(self, info: VoiceInfo) -> PiperModel:
         """The loaded model of ``info`` (loading it, in a worker thread, if no one has)."""

@@ -82,6 +82,23 @@ def cache_root() -> Path:
     return Path(base) / "companion-engine" / "piper"
 
 
+def usable_root(root: Path) -> Path:
+    """``root``, created if need be; when it cannot be (a read-only home), a folder in the
+    system's temporary directory instead (cut again after a reboot, but still cut)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(dir=root, prefix=".probe-"))
+        probe.rmdir()
+        return root
+    except OSError as exc:
+        user = os.getuid() if hasattr(os, "getuid") else os.getpid()
+        fallback = Path(tempfile.gettempdir()) / f"companion-engine-{user}" / "piper"
+        logger.warning("Piper voice cache {} is not writable ({}); using {}", root, exc,
+                       fallback)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
 def cache_key(model: Path) -> str:
     """Names one version of one model file (path, size, mtime) and of the cut."""
     st = model.stat()
@@ -133,7 +150,7 @@ def cached_split(model: Path, root: Path | None = None) -> tuple[SplitGraph, boo
 
     A readable cut in the cache is used as it is; a missing or broken one is built in a
     child process. Raises ``GraphError`` when the child fails."""
-    folder = voice_folder(model, root)
+    folder = voice_folder(model, usable_root(root or cache_root()))
     if folder.exists():
         try:
             return read_split(folder), False
