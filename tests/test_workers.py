@@ -125,17 +125,20 @@ def test_a_card_created_on_one_worker_is_listed_and_activated_on_all(
 
 
 def test_a_conversation_continues_across_workers(cluster: ServeProcess) -> None:
-    answered = set()
-    for i in range(8):
+    # At least 8 turns, and on until both workers have answered: the kernel spreads
+    # connections by a hash, so 8 in a row on one worker happen now and then (1 in 128).
+    answered: list[int] = []
+    while len(answered) < 8 or set(answered) != {0, 1}:
+        assert len(answered) < 40, f"one worker answered every turn: {answered}"
+        n = len(answered)
         status, body, worker = post(cluster.url + "/api/chat",
-                                    {"message": f"turn {i}", "conversation_id": "across"})
+                                    {"message": f"turn {n}", "conversation_id": "across"})
         assert status == 200, body
-        answered.add(worker)
-    assert answered == {0, 1}
+        answered.append(worker)
     body = get_json(cluster.url + "/api/conversations/across")
     users = [m["content"] for m in body["data"]["messages"] if m["role"] == "user"]
-    assert users == [f"turn {i}" for i in range(8)]
-    assert len(body["data"]["messages"]) == 16
+    assert users == [f"turn {i}" for i in range(len(answered))]
+    assert len(body["data"]["messages"]) == 2 * len(answered)
 
 
 def test_metrics_sum_every_worker(cluster: ServeProcess) -> None:
