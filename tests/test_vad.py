@@ -367,3 +367,35 @@ def test_a_backend_scoring_one_frame_scores_blocks_frame_by_frame() -> None:
     fb = backend.frame_samples * 2
     pcm = _loud(10) + bytes(fb) + _loud(10) + bytes(fb // 2)  # and half a frame, not scored
     assert backend.speech_probabilities(pcm, None) == [1.0, 0.0, 1.0]
+
+
+class Loud512(VADBackend):
+    """Loudness as probability, in Silero-sized frames (32 ms)."""
+
+    name = "t_loud512"
+    frame_samples = 512
+
+    def speech_probability(self, frame: bytes, state: Any) -> float:
+        return 1.0 if np.abs(np.frombuffer(frame, "<i2")).max(initial=0) > 1000 else 0.0
+
+
+@pytest.mark.parametrize("lead_ms", range(0, 140, 12))
+async def test_the_listener_keeps_the_pad_before_an_onset_in_a_pending_block(
+        lead_ms: int) -> None:
+    """While silent, up to a relaxed block of audio waits unscored: an onset found in it
+    still gets its ``speech_pad_ms`` of audio before it."""
+    from companion_engine.talk.listener import Listener
+
+    options = VADOptions(min_speech_ms=60, speech_pad_ms=300)
+    listener = Listener(Loud512(), options)
+    pcm = bytes(32 * (2000 + lead_ms)) + _loud(600)
+    onset = None
+    for pos in range(0, len(pcm), 640):
+        for event in await listener.feed(pcm[pos:pos + 640]):
+            if event.kind == "onset":
+                onset = event.at_ms
+        if onset is not None:
+            break
+    assert onset is not None and abs(onset - (2000 + lead_ms)) <= 32
+    audio = listener.audio(onset)
+    assert len(audio) // 32 == listener.position_ms - (onset - 300)

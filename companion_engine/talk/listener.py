@@ -1,8 +1,9 @@
 """One session's microphone: voice activity over the incoming audio, and the utterance.
 
 The listener keeps only the audio it may still need: while silent, the last
-``speech_pad_ms`` (the start of the next utterance, before the detector was
-sure); from an onset on, everything since the onset minus the pad. ``audio()``
+``speech_pad_ms`` before the audio the detector has not scored yet (an onset may
+be in it: the start of the next utterance, before the detector was sure); from
+an onset on, everything since the onset minus the pad. ``audio()``
 cuts an utterance out of it, padded on both sides, for the transcriber. Times
 are ms of audio since the session's first frame, as in the ``vad`` events.
 """
@@ -16,7 +17,7 @@ from companion_engine.speech.vad import Segmenter, VADEvent, VADStream
 if TYPE_CHECKING:
     from companion_engine.stages import VADBackend, VADOptions
 
-#: Extra audio kept while silent, beyond the pad (a frame in flight).
+#: Extra audio kept while silent, beyond the pad and the audio not scored yet.
 SLACK_MS = 100
 
 
@@ -74,8 +75,10 @@ class Listener:
 
     def _trim(self) -> None:
         start = self.speech_start_ms
-        keep_ms = (start if start is not None else
-                   self.position_ms - SLACK_MS) - self.options.speech_pad_ms
+        if start is None:  # silent: an onset can only be in what was not scored yet
+            seg = self.stream.segmenter
+            start = self.offset_ms + seg.ms(seg.frames) - SLACK_MS
+        keep_ms = start - self.options.speech_pad_ms
         drop = self._sample(keep_ms) - self._first
         if drop > 0:
             drop = min(drop, len(self._audio) // 2)
