@@ -264,3 +264,46 @@ def test_fast_paths_give_the_same_scan(raw: list[dict[str, Any]], chat: list[str
         slow = compile_entries(book)
     assert all(k.forms is None and not k.linear for k in slow.keys if k.kind == REGEX)
     assert _outcome(fast, lines, seed) == _outcome(slow, lines, seed)
+
+
+# --- where a big book's scan runs ------------------------------------------------------------
+
+def test_a_big_book_scans_on_the_loop_while_its_median_scan_is_fast(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage_module = importlib.import_module("companion_engine.builtin.lorebook")
+    stage = stage_module.LorebookStage()
+    big = compile_entries([entry(f"key{i}", id=i) for i in range(400)])
+    small = compile_entries([entry("key", id=1)])
+    clock = [0.0]
+    took = [0.0]
+
+    def timed_scan(lore: CompiledLore, *args: Any, **kwargs: Any) -> ScanResult:
+        clock[0] += took[0]
+        return ScanResult()
+
+    monkeypatch.setattr(stage_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(stage_module, "scan", timed_scan)
+
+    def scan_taking(seconds: float) -> None:
+        took[0] = seconds
+        stage._measured_scan(big, ["User: hi"], ScanOptions(), count=estimate_tokens)
+
+    assert not stage._scans_slowly(small)  # a small book never hops
+    assert stage._scans_slowly(big)  # a big one's first scan: its cost is unknown
+    for _ in range(3):
+        scan_taking(0.001)
+    assert not stage._scans_slowly(big)
+    scan_taking(0.010)  # one slow (preempted) scan leaves the median alone
+    assert not stage._scans_slowly(big)
+    scan_taking(0.001)
+    scan_taking(0.020)  # over THREAD_SCAN_MAX_S: the next scan goes to a thread at once
+    assert stage._scans_slowly(big)
+    scan_taking(0.001)
+    assert not stage._scans_slowly(big)
+    for _ in range(stage_module.SCAN_WINDOW // 2 + 1):  # slow most of the time: a thread
+        scan_taking(0.005)
+    assert stage._scans_slowly(big)
+    for _ in range(stage_module.SCAN_WINDOW // 2 + 1):
+        scan_taking(0.001)
+    assert not stage._scans_slowly(big)
+    assert stage._scans_slowly(compile_entries([entry(f"key{i}", id=i) for i in range(400)]))
