@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -42,10 +44,18 @@ from companion_engine.turn import LoreActivation, LorebookInfo, LoreDrop, Turn
 
 #: Books with more entries than this compile in a thread (off the event loop).
 THREAD_COMPILE_ENTRIES = 300
-#: A big book's scans run in a thread while its last scan took longer than this; a
-#: faster one scans on the event loop (a thread hop costs more than the scan saves:
-#: 0.3-0.6 ms a turn with 10,000 entries, benchmarks/lorebook_scan.py).
+#: A big book scans on the event loop while the median time of its recent scans is
+#: at most this (a thread hop costs more than such a scan: 0.3-0.6 ms a turn, and a
+#: preview or a turn's own work is of the same order); a slower book scans in a thread.
+#: The loop is then held about that long per turn; an inline scan that turns out slow
+#: is still capped by the regex timeouts and ``scan.REGEX_SCAN_BUDGET_S``, and moves
+#: the book's next scans to a thread (``THREAD_SCAN_MAX_S``).
 THREAD_SCAN_S = 0.003
+#: ...and while its last scan took at most this: one scan that blew up (a regex on
+#: this chat) sends the next to a thread at once, one noisy one does not move the median.
+THREAD_SCAN_MAX_S = 0.015
+#: Recent scans per book that the median is taken over.
+SCAN_WINDOW = 8
 
 
 class LorebookStage(LorebookInjector):
@@ -89,9 +99,9 @@ class LorebookStage(LorebookInjector):
         super().__init__(options)
         self.cache = LoreCache()
         self.files = LorebookFiles()
-        #: id(compiled lore) -> (the lore, seconds its last scan took): chooses where
+        #: id(compiled lore) -> (the lore, seconds its recent scans took): chooses where
         #: the next scan runs. Holds the lore, so an id is never reused while listed.
-        self._scan_s: dict[int, tuple[CompiledLore, float]] = {}
+        self._scan_s: dict[int, tuple[CompiledLore, deque[float]]] = {}
 
     @property
     def opts(self) -> LorebookStage.Options:
@@ -159,12 +169,7 @@ class LorebookStage(LorebookInjector):
         run = functools.partial(self._measured_scan, lore, chat, opts, count=counter.count,
                                 char=turn.char_name, user=turn.user_name, rng=rng,
                                 expand=functools.partial(expand, turn), timed=timed)
-        # A big book's first scan runs off the event loop (its regex keys may take a
-        # while); later ones too while it stays slow.
-        last = self._scan_s.get(id(lore))
-        slow = len(lore.entries) > THREAD_COMPILE_ENTRIES and (
-            last is None or last[0] is not lore or last[1] > THREAD_SCAN_S)
-        result = await asyncio.to_thread(run) if slow else run()
+        result = await asyncio.to_thread(run) if self._scans_slowly(lore) else run()
         placement = place(result.activated)
         for position, contents in placement.slots.items():
             turn.slots.setdefault(position, []).extend(contents)
@@ -195,14 +200,34 @@ class LorebookStage(LorebookInjector):
                 info.timed_state = timed.state
         turn.lorebook_info = info
 
+    def _scans_slowly(self, lore: CompiledLore) -> bool:
+        """Whether this book's next scan goes to a thread: a big book's first scan (its
+        regex keys may take a while), and later ones while its scans are slow.
+
+        The median of the last ``SCAN_WINDOW`` scans decides, so one scan the machine
+        preempted does not move a book; the last one alone decides when it took over
+        ``THREAD_SCAN_MAX_S``. (Wall time: ``time.thread_time()`` is a system call.)
+        """
+        if len(lore.entries) <= THREAD_COMPILE_ENTRIES:
+            return False
+        known = self._scan_s.get(id(lore))
+        if known is None or known[0] is not lore:
+            return True
+        times = known[1]
+        return times[-1] > THREAD_SCAN_MAX_S or statistics.median(times) > THREAD_SCAN_S
+
     def _measured_scan(self, lore: CompiledLore, *args: Any, **kwargs: Any) -> Any:
         """``scan``, remembering how long a big book's took (where the next one runs)."""
         started = time.perf_counter()
         result = scan(lore, *args, **kwargs)
         if len(lore.entries) > THREAD_COMPILE_ENTRIES:
-            if len(self._scan_s) > 64 and id(lore) not in self._scan_s:
-                self._scan_s.clear()  # books come and go with cards; keep it small
-            self._scan_s[id(lore)] = (lore, time.perf_counter() - started)
+            spent = time.perf_counter() - started
+            known = self._scan_s.get(id(lore))
+            if known is None or known[0] is not lore:
+                if len(self._scan_s) > 64:
+                    self._scan_s.clear()  # books come and go with cards; keep it small
+                known = self._scan_s[id(lore)] = (lore, deque(maxlen=SCAN_WINDOW))
+            known[1].append(spent)
         return result
 
 

@@ -3,18 +3,20 @@
 One ``KeyIndex`` holds the keys of the entries that share a scan buffer: exact
 word lookups (a dict intersected with the text's word set), one Aho-Corasick
 automaton per case mode for substring and bounded keys and for regex
-prefilter literals, and the regexes that have no literal. A scan costs one
-pass over the text in C plus work proportional to what actually occurs in it,
-not to the size of the lorebook.
+prefilter literals, and the regexes that have no literal. A regex key that
+amounts to a few fixed strings (``Key.forms``) is looked up like plain keys and
+never runs. A scan costs one pass over the text in C plus work proportional to
+what actually occurs in it, not to the size of the lorebook.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import ahocorasick
 
-from companion_engine.lorebook.keys import BOUNDED, REGEX, SUBSTR, WORD, WORD_RUN, Key
+from companion_engine.lorebook.keys import REGEX, SUBSTR, WORD, WORD_RUN, Key
 
 
 def _bounded_at(text: str, end: int, length: int) -> bool:
@@ -30,6 +32,11 @@ def _bounded_at(text: str, end: int, length: int) -> bool:
             return False
     return True
 
+
+#: Characters whose ``str.lower()`` is ASCII though ASCII case folding leaves them
+#: alone (İ, the Kelvin sign): in a text with one, a case-insensitive regex's forms
+#: could match where the regex does not, so those keys run as regexes.
+_LOWER_TO_ASCII = re.compile("[\u0130\u212a]")
 
 #: An anchored regex key's needle: report where it occurs, not just that it does.
 REGEX_AT = -1
@@ -70,21 +77,31 @@ class KeyIndex:
         self._automata: dict[bool, ahocorasick.Automaton | None] = {True: None, False: None}
         #: Regex keys without a literal: run on every scan.
         self.unfiltered_regexes: list[int] = []
+        #: Case-insensitive regex keys looked up by their ``forms``.
+        self._folded_forms: list[int] = []
         self.size = 0
 
     def add(self, key: Key) -> None:
         self.size += 1
-        if key.kind == WORD:
-            self._words[key.folded].setdefault(key.text, []).append(key.kid)
-        elif key.kind in (SUBSTR, BOUNDED):
-            self._needles[key.folded].setdefault(key.text, []).append((key.kid, key.kind))
-        elif key.kind == REGEX:
-            if key.literals is None:
-                self.unfiltered_regexes.append(key.kid)
-            else:
-                kind = REGEX_AT if key.anchored else REGEX
-                for literal in key.literals:
-                    self._needles[key.folded].setdefault(literal, []).append((key.kid, kind))
+        if key.kind == REGEX and key.forms is not None:
+            for text, kind in key.forms:
+                self._add_plain(key.kid, text, kind, key.folded)
+            if key.folded:
+                self._folded_forms.append(key.kid)
+        elif key.kind != REGEX:
+            self._add_plain(key.kid, key.text, key.kind, key.folded)
+        elif key.literals is None:
+            self.unfiltered_regexes.append(key.kid)
+        else:
+            kind = REGEX_AT if key.anchored else REGEX
+            for literal in key.literals:
+                self._needles[key.folded].setdefault(literal, []).append((key.kid, kind))
+
+    def _add_plain(self, kid: int, text: str, kind: int, folded: bool) -> None:
+        if kind == WORD:
+            self._words[folded].setdefault(text, []).append(kid)
+        else:
+            self._needles[folded].setdefault(text, []).append((kid, kind))
 
     def freeze(self) -> None:
         """Build the automata; call once after the last ``add``."""
@@ -115,6 +132,10 @@ class KeyIndex:
                 self._run(automaton, view, found, positions=len(view) == len(text))
         for kid in self.unfiltered_regexes:
             found.regex_candidates[kid] = None
+        if self._folded_forms and _LOWER_TO_ASCII.search(text):
+            for kid in self._folded_forms:  # rare: decide these by their regex
+                found.hits.discard(kid)
+                found.regex_candidates[kid] = None
         return found
 
     @staticmethod

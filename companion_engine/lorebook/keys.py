@@ -13,7 +13,9 @@ classified once so a scan can look all of them up at the same time:
   text's edge) on both sides.
 - ``REGEX``: ``/pattern/flags``, compiled once with the ``regex`` module. A
   literal every match must contain is extracted when possible, so the regex only
-  runs on texts that contain it.
+  runs on texts that contain it. A regex that can only match a few fixed strings
+  (``/\\bdragons?\\b/i``, ``/(?:elf|elves)/``, ``/name\\d*/``) gets ``forms``: those
+  strings as ``WORD``/``BOUNDED``/``SUBSTR`` lookups that decide it without running it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import re._constants as sre_c  # the stdlib regex parser's op codes
 import re._parser as sre_parse
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 import regex
@@ -36,6 +39,8 @@ _UNESCAPED_SLASH = re.compile(r"(^|[^\\])/")
 _NAMED_BACKREF = re.compile(r"\\k<([A-Za-z_][A-Za-z0-9_]*)>")
 #: A regex key gets this long (seconds) per search; a pathological one then misses.
 REGEX_TIMEOUT_S = 0.05
+#: The scan buffer's message separator (``scan.MATCHER``).
+MATCHER_CHAR = "\x01"
 #: Past this many literal occurrences one full search is cheaper than a match per occurrence.
 MAX_ANCHORED_TRIES = 8
 
@@ -56,6 +61,12 @@ class Key:
     #: REGEX: the ``literals`` also *start* every match, so the regex only needs
     #: trying where one of them occurs.
     anchored: bool = False
+    #: REGEX: plain lookups ``(text, WORD | BOUNDED | SUBSTR)`` (lower-cased when
+    #: ``folded``) one of which occurs exactly when the regex matches (``plain_forms``).
+    forms: tuple[tuple[str, int], ...] | None = None
+    #: REGEX: one try at one position is linear in the text (``linear_at_a_position``),
+    #: so an ``anchored`` key's tries need no timeout.
+    linear: bool = False
 
     def search(self, text: str, starts: list[int] | None = None) -> bool:
         """Run a REGEX key on ``text`` (raw, not folded); a timeout is a miss.
@@ -67,8 +78,13 @@ class Key:
             if self.sticky:
                 return self.pattern.match(text, timeout=REGEX_TIMEOUT_S) is not None
             if starts is not None and len(starts) <= MAX_ANCHORED_TRIES:
-                return any(self.pattern.match(text, pos, timeout=REGEX_TIMEOUT_S) is not None
-                           for pos in sorted(set(starts)))
+                match = self.pattern.match
+                if len(starts) > 1:
+                    starts = sorted(set(starts))
+                if self.linear:  # the timeout's own cost (~2 us a try) is the larger one
+                    return any(match(text, pos) is not None for pos in starts)
+                return any(match(text, pos, timeout=REGEX_TIMEOUT_S) is not None
+                           for pos in starts)
             return self.pattern.search(text, timeout=REGEX_TIMEOUT_S) is not None
         except TimeoutError:
             return False
@@ -214,6 +230,166 @@ def prefilter(pattern: str, flags: str) -> tuple[tuple[str, ...] | None, bool, b
     return literals, folded, anchored
 
 
+# --- regexes whose tries cannot backtrack badly ------------------------------------------------
+
+_ONE_CHAR = {sre_c.LITERAL, sre_c.NOT_LITERAL, sre_c.IN, sre_c.ANY, sre_c.CATEGORY}
+
+
+def _repeats(items: Any) -> tuple[int, int] | None:
+    """(repeats, wide repeats) of a pattern whose repeats each repeat one character, or None."""
+    total = wide = 0
+    for op, av in items:
+        if op in _ONE_CHAR or op is sre_c.AT:
+            continue
+        if op in _EDGE_REPEATS:
+            _low, high, item = av
+            if len(item) != 1 or item[0][0] not in _ONE_CHAR:
+                return None
+            total += 1
+            wide += high > 1
+            continue
+        if op is sre_c.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            subs = [] if add_flags or del_flags else [sub]
+        elif op is sre_c.BRANCH:
+            subs = av[1]
+        else:
+            return None  # lookarounds, backreferences, atomic groups, possessive repeats
+        if not subs:
+            return None
+        for sub in subs:
+            counts = _repeats(sub)
+            if counts is None:
+                return None
+            total, wide = total + counts[0], wide + counts[1]
+    return total, wide
+
+
+def linear_at_a_position(pattern: str) -> bool:
+    """Whether one match try at one position takes time linear in the text.
+
+    True for patterns whose repeats each repeat a single character, with at most one
+    repeat longer than ``?`` and two repeats in all, and nothing that backtracks into
+    itself (no lookarounds, backreferences, repeated groups): a try then walks the
+    text at most a few times over. Such tries run without the regex timeout.
+    """
+    if _UNSAFE_SYNTAX.search(pattern):
+        return False
+    tree = _parse(pattern)
+    if tree is None:
+        return False
+    counts = _repeats(tree.data)
+    return counts is not None and counts[0] <= 2 and counts[1] <= 1
+
+
+# --- regexes that are a few fixed strings ----------------------------------------------------
+
+#: A regex equivalent to more plain strings than this keeps running as a regex.
+MAX_FORMS = 32
+#: Syntax the ``regex`` module reads differently from the stdlib parser used here
+#: (POSIX classes, fuzzy ``{e<=1}``), inline groups other than ``(?:``/leading flags,
+#: and numeric escapes (backreferences, octal): such a regex keeps running as one.
+_UNSAFE_SYNTAX = re.compile(r"\[:|\{(?!\d+(?:,\d*)?\})|\(\?(?!:|[imsx]+\))|\\[0-9]")
+_REGEX_ONLY_FLAGS = ~(re.IGNORECASE | re.UNICODE | re.VERBOSE | re.MULTILINE | re.DOTALL)
+_BOUNDARY = (sre_c.AT, sre_c.AT_BOUNDARY)
+_EDGE_REPEATS = {sre_c.MAX_REPEAT, sre_c.MIN_REPEAT}
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def _strings(items: Any, limit: int) -> list[str] | None:
+    """Every string ``items`` (no assertions, no unbounded repeats) matches, or None."""
+    out = [""]
+    for op, av in items:
+        if op is sre_c.LITERAL:
+            alts: list[str] | None = [chr(av)]
+        elif op is sre_c.IN:
+            alts = []
+            for op2, av2 in av:
+                if op2 is sre_c.LITERAL:
+                    alts.append(chr(av2))
+                elif op2 is sre_c.RANGE and av2[1] - av2[0] < limit:
+                    alts.extend(map(chr, range(av2[0], av2[1] + 1)))
+                else:
+                    return None  # NEGATE, CATEGORY, a wide range
+        elif op is sre_c.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            alts = None if add_flags or del_flags else _strings(sub, limit)
+        elif op is sre_c.BRANCH:
+            alts = []
+            for branch in av[1]:
+                strings = _strings(branch, limit)
+                if strings is None:
+                    return None
+                alts.extend(strings)
+        elif op in _EDGE_REPEATS:
+            low, high, item = av
+            sub = _strings(item, limit)
+            if sub is None or high is sre_c.MAXREPEAT or high > limit:
+                return None
+            if sum(len(sub) ** n for n in range(low, high + 1)) > limit:
+                return None
+            alts = ["".join(p) for n in range(low, high + 1) for p in product(sub, repeat=n)]
+        else:
+            return None  # ANY, CATEGORY, AT, lookarounds, groups refs, possessive, atomic
+        if alts is None or len(out) * len(alts) > limit:
+            return None
+        out = [a + b for a in out for b in dict.fromkeys(alts)]
+    return out
+
+
+def plain_forms(pattern: str, flags: str) -> tuple[tuple[str, int], ...] | None:
+    """The plain lookups a regex key amounts to, when it only ever matches fixed strings.
+
+    ``(text, kind)`` pairs: ``SUBSTR`` (the regex matches where ``text`` occurs),
+    or, for ``\\b...\\b`` around ASCII word characters, ``WORD``/``BOUNDED`` (an
+    occurrence with a non-word character or the text's edge on both sides). For a
+    search only *whether* a match exists counts, so an optional part at either end
+    (``\\d*``) is dropped and ``x+`` at an end is ``x``. Anything else (``.``, classes
+    like ``\\w``, anchors, lookarounds, unbounded repeats inside, backreferences,
+    sticky ``y``, Unicode ``\\b`` or case folding) keeps the regex. Case-insensitive
+    forms are lower-cased ASCII; the index falls back to the regex on the two
+    characters whose ``str.lower()`` is ASCII but whose ASCII case folding is not.
+    """
+    if "y" in flags or _UNSAFE_SYNTAX.search(pattern):
+        return None
+    tree = _parse(pattern)
+    if tree is None or tree.state.flags & _REGEX_ONLY_FLAGS:
+        return None
+    folded = "i" in flags or bool(tree.state.flags & re.IGNORECASE)
+    items = list(tree.data)
+    for edge in (0, -1):  # an optional part at an end is dropped, ``x{2,}`` is ``xx``
+        while items and items[edge][0] in _EDGE_REPEATS:
+            low, high, item = items[edge][1]
+            if low == 0:
+                items.pop(edge)
+                continue
+            if high != low:
+                items[edge] = (items[edge][0], (low, low, item))
+            break
+    bounded = bool(items) and items[0] == _BOUNDARY
+    if bounded != (len(items) > 1 and items[-1] == _BOUNDARY):
+        return None  # a boundary on one side only
+    if bounded:
+        if not pattern.isascii():
+            return None  # a Unicode pattern's \b is Unicode
+        items = items[1:-1]
+    strings = _strings(items, MAX_FORMS)
+    if not strings or any(not s or MATCHER_CHAR in s for s in strings):
+        return None  # a form with the buffer's joiner could span two scanned texts
+    if folded:
+        if not all(s.isascii() for s in strings):
+            return None
+        strings = list(dict.fromkeys(s.lower() for s in strings))
+    if not bounded:
+        return tuple((s, SUBSTR) for s in strings)
+    if not all(_is_word_char(s[0]) and _is_word_char(s[-1]) for s in strings):
+        return None
+    return tuple((s, WORD if _WORD_ONLY.match(s) else BOUNDED) for s in strings)
+
+
 # --- plain keys ------------------------------------------------------------------------------
 
 
@@ -233,5 +409,7 @@ def regex_key(kid: int, raw: str, pattern: str, flags: str) -> Key:
     """A REGEX key (raises ``regex.error`` when the pattern does not compile)."""
     compiled, sticky = compile_js_regex(pattern, flags)
     literals, folded, anchored = prefilter(pattern, flags)
+    forms = plain_forms(pattern, flags)  # case-folded exactly when ``folded``
     return Key(kid=kid, raw=raw, kind=REGEX, text=pattern, folded=folded, pattern=compiled,
-               sticky=sticky, literals=literals, anchored=anchored)
+               sticky=sticky, literals=literals, anchored=anchored, forms=forms,
+               linear=anchored and linear_at_a_position(pattern))

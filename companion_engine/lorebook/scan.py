@@ -31,6 +31,8 @@ MAX_SCAN_DEPTH = 1000
 HARD_PASS_LIMIT = 100
 #: Seconds of regex matching one scan may spend; past it, remaining regex keys miss.
 REGEX_SCAN_BUDGET_S = 0.25
+#: The rolls of scans given no ``rng`` (seeding a new ``Random`` costs ~10 us a scan).
+_RNG = random.Random()
 
 
 class ScanState(Enum):
@@ -235,7 +237,7 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
     ``timed`` (already ``check()``-ed) applies ``sticky``/``cooldown``/``delay``; the
     caller records the activations in it.
     """
-    s = _Scanner(lore, chat, opts, count, rng or random.Random(), char, user)
+    s = _Scanner(lore, chat, opts, count, rng or _RNG, char, user)
     if expand is None:
         def expand(text: str) -> str:
             return substitute(text, char, user)
