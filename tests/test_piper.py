@@ -222,3 +222,26 @@ async def test_health_says_when_piper_falls_back_to_espeak(
     body = await (await client.get("/health")).json()
     assert body["tts"]["engine"] == "piper_local"
     assert "absent.onnx" in body["tts"]["fallback"]
+
+
+@pytest.mark.parametrize("fmt", ["opus", "mp3"])
+async def test_the_turns_format_is_encoded_where_the_audio_is_made(
+        loaded: piper.PiperModel, fmt: str) -> None:
+    """Opus/MP3 come straight from the synthesis worker (no WAV): whole and in parts, each
+    decoding (PyAV) to its stated duration within 5 %."""
+    av = pytest.importorskip("av")
+    t = turn()
+    t.audio_format = fmt
+    tts = backend(**STEADY)
+    text = "The quiet lighthouse keeper counted every ship that passed beneath the cliffs."
+    whole = await tts.synthesize(text, t)
+    parts = [a async for a in tts.stream(text, t)]
+    assert whole.format == fmt and {p.format for p in parts} == {fmt}
+    for audio in (whole, *parts):
+        with av.open(io.BytesIO(audio.data)) as c:
+            n = sum(f.samples for f in c.decode(c.streams.audio[0]))
+            rate = c.streams.audio[0].rate
+        assert audio.duration_ms is not None
+        assert n * 1000 / rate == pytest.approx(audio.duration_ms, rel=0.05, abs=15)
+    assert sum(p.duration_ms or 0 for p in parts) == pytest.approx(whole.duration_ms, abs=5)
+    assert parts[-1].final and not any(p.final for p in parts[:-1])

@@ -48,6 +48,8 @@ import os
 import shutil
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -559,10 +561,34 @@ def _viseme_phonemes(phonemes: list[tuple[int, str]]) -> list[tuple[int, str]]:
 # --- the process's voices -------------------------------------------------------------------
 
 
+class _OwnLoad:
+    """This process's own CPU use over about the last minute (cores busy on average), the
+    part of the 1-minute load average that is us."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def __call__(self) -> float:
+        now, cpu = time.monotonic(), time.process_time()
+        with self._lock:
+            self._samples.append((now, cpu))
+            while len(self._samples) > 2 and now - self._samples[1][0] > self.WINDOW_S:
+                self._samples.popleft()
+            then, cpu0 = self._samples[0]
+        return (cpu - cpu0) / (now - then) if now - then > 1.0 else 0.0
+
+
+_own_load = _OwnLoad()
+
+
 def spare_core() -> bool:
-    """Whether the machine's load (1-minute average, which counts our own busy thread)
-    leaves a core idle. On a busy machine the halves' second thread only competes for the
-    same CPU share and their extra context makes the sentence later, not sooner."""
+    """Whether the other processes leave a core idle for a second thread: the 1-minute load
+    average minus this process's own CPU use over that minute is under ``cores - 1``. On a
+    busy machine the halves' second thread only competes for the same CPU share, and their
+    extra context makes the sentence later, not sooner (measured)."""
     cores = os.cpu_count() or 1
     if cores < 2:
         return False
@@ -570,7 +596,7 @@ def spare_core() -> bool:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average here (Windows): assume a spare core
         return True
-    return load < cores - 0.5
+    return load - _own_load() < cores - 1
 
 
 class _Spare(Executor):
