@@ -143,14 +143,13 @@ async def preview_prompt(request: web.Request) -> web.Response:
         conversation_id=turn.conversation_id,
         greeting=turn.greeting,
         messages=messages,
-        # Typed already (``LoreActivation``, ``LoreDrop``) and one per activated or
-        # dropped entry: built without validating each (a 10,000-entry book drops dozens).
-        lore=[PreviewLore.model_construct(
-            id=x.id, comment=x.comment, position=x.position, order=x.order, source=x.source,
-            depth=x.depth, role=x.role, matched=x.matched, tokens=x.tokens) for x in turn.lore],
-        lore_dropped=[PreviewDroppedLore.model_construct(
-            id=x.id, comment=x.comment, position=x.position, order=x.order, source=x.source,
-            tokens=x.tokens, reason=x.reason) for x in lore.dropped],
+        lore=[PreviewLore(id=x.id, comment=x.comment, position=x.position, order=x.order,
+                          source=x.source, depth=x.depth, role=x.role, matched=x.matched,
+                          tokens=x.tokens) for x in turn.lore],
+        lore_dropped=[PreviewDroppedLore(id=x.id, comment=x.comment, position=x.position,
+                                         order=x.order, source=x.source, tokens=x.tokens,
+                                         reason=x.reason)  # type: ignore[arg-type]
+                      for x in lore.dropped],
         tokens=PreviewTokens(
             total=sum(m.tokens for m in messages), tokenizer=counter.name, exact=counter.exact,
             lore=lore.tokens, lore_budget=lore.token_budget, lore_overflowed=lore.overflowed,
