@@ -27,10 +27,12 @@ from companion_engine.lorebook.keys import (
     REGEX,
     SUBSTR,
     WORD,
+    WORD_RUN,
     Key,
     linear_at_a_position,
     parse_js_regex,
     plain_forms,
+    word_runs,
 )
 from companion_engine.lorebook.reference import st_match
 from companion_engine.tokens import estimate_tokens
@@ -54,6 +56,14 @@ def no_regex_budget() -> Iterator[None]:
     # about what matches (test_lorebook_scan.py tests the budget).
     with mock.patch.object(scan_module, "REGEX_SCAN_BUDGET_S", float("inf")):
         yield
+
+
+# --- the text's words, for whole-word keys --------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(st.text(), st.text(alphabet="ab_9 -.\n\x1c\x85\u00a0\u2003é’\u212a猫")))
+def test_word_runs_are_the_regex_runs(text: str) -> None:
+    assert word_runs(text) == WORD_RUN.findall(text)
 
 
 # --- which regexes are fixed strings ---------------------------------------------------------

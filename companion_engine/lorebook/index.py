@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import ahocorasick
 
-from companion_engine.lorebook.keys import REGEX, SUBSTR, WORD, WORD_RUN, Key
+from companion_engine.lorebook.keys import REGEX, SUBSTR, WORD, Key, word_runs
 
 
 def _bounded_at(text: str, end: int, length: int) -> bool:
@@ -126,7 +126,7 @@ class KeyIndex:
                 continue
             view = text.lower() if folded else text
             if words:
-                for word in words.keys() & set(WORD_RUN.findall(view)):
+                for word in words.keys() & word_runs(view):
                     found.hits.update(words[word])
             if automaton is not None:
                 self._run(automaton, view, found, positions=len(view) == len(text))

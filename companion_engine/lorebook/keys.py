@@ -32,6 +32,9 @@ import regex
 WORD, SUBSTR, BOUNDED, REGEX = range(4)
 #: JS ``\w``: ASCII only.
 WORD_RUN = re.compile(r"[A-Za-z0-9_]+")
+#: Every ASCII character but ``[A-Za-z0-9_]`` -> a space (``word_runs``).
+_NON_WORD_ASCII = str.maketrans({i: " " for i in range(128)
+                                 if not (chr(i).isalnum() or chr(i) == "_")})
 _WORD_ONLY = re.compile(r"[A-Za-z0-9_]+\Z")
 #: SillyTavern's ``parseRegexFromString``: ``/pattern/flags`` with JS flags.
 _JS_REGEX = re.compile(r"^/([\s\S]+?)/([gimsuy]*)$")
@@ -79,15 +82,29 @@ class Key:
                 return self.pattern.match(text, timeout=REGEX_TIMEOUT_S) is not None
             if starts is not None and len(starts) <= MAX_ANCHORED_TRIES:
                 match = self.pattern.match
+                if self.linear:  # the timeout's own cost (~2 us a try) is the larger one
+                    if len(starts) == 1:
+                        return match(text, starts[0]) is not None
+                    return any(match(text, pos) is not None for pos in sorted(set(starts)))
                 if len(starts) > 1:
                     starts = sorted(set(starts))
-                if self.linear:  # the timeout's own cost (~2 us a try) is the larger one
-                    return any(match(text, pos) is not None for pos in starts)
                 return any(match(text, pos, timeout=REGEX_TIMEOUT_S) is not None
                            for pos in starts)
             return self.pattern.search(text, timeout=REGEX_TIMEOUT_S) is not None
         except TimeoutError:
             return False
+
+
+def word_runs(text: str) -> list[str]:
+    """``WORD_RUN.findall(text)``, about three times faster: one ``translate`` and a split.
+
+    A split also cuts at non-ASCII whitespace, which is no word character either; a run
+    with another non-ASCII character in it is split by the regex.
+    """
+    runs = text.translate(_NON_WORD_ASCII).split()
+    if text.isascii():
+        return runs
+    return [w for run in runs for w in ((run,) if run.isascii() else WORD_RUN.findall(run))]
 
 
 def parse_js_regex(key: str) -> tuple[str, str] | None:

@@ -251,6 +251,7 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
     prev_tokens = 0  # SillyTavern counts earlier recursion text against the budget
     skew = 0
     state = ScanState.INITIAL
+    always = set(lore.always)
     sticky: set[int] = set()
     if timed is not None:
         sticky = {r for r in lore.timed if timed.active("sticky", entries[r])}
@@ -262,7 +263,7 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
             break
         hits, ranks = s.keys_found(state, skew)
         new: list[tuple[int, str]] = []
-        for rank in sorted(ranks.union(lore.always, sticky)):
+        for rank in sorted(ranks.union(always, sticky)):
             if rank in activated or rank in failed:
                 continue
             entry = entries[rank]
@@ -276,17 +277,21 @@ def scan(lore: CompiledLore, chat: list[str], opts: ScanOptions, *,
             if (state is ScanState.RECURSION and opts.recursive and entry.exclude_recursion
                     and not is_sticky):
                 continue
-            if entry.decorators.has("activate"):
-                new.append((rank, "@@activate"))
-                continue
-            if entry.constant:
-                new.append((rank, "constant"))
-                continue
+            if rank in always:  # constant or @@activate
+                if entry.decorators.has("activate"):
+                    new.append((rank, "@@activate"))
+                    continue
+                if entry.constant:
+                    new.append((rank, "constant"))
+                    continue
             if is_sticky:
                 new.append((rank, "sticky"))
                 continue
             key = s.first_key(lore.primary[rank], hits)
-            if key is None or not s.secondary_ok(rank, hits):
+            if key is None:
+                continue
+            if ((entry.selective and lore.secondary[rank]) or lore.additional[rank]
+                    or lore.exclude[rank]) and not s.secondary_ok(rank, hits):
                 continue
             new.append((rank, key))
         if sticky:  # active sticky entries first, then scan order

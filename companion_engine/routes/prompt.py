@@ -16,7 +16,7 @@ from companion_engine import hookimpl
 from companion_engine.chat.request import ChatRequest
 from companion_engine.errors import ApiError, StageError
 from companion_engine.keys import ENGINE
-from companion_engine.openapi import ApiRoutes, json_response, read_body
+from companion_engine.openapi import ApiRoutes, read_body
 from companion_engine.prompting import assemble_prompt
 from companion_engine.tokens import get_counter
 from companion_engine.turn import LorebookInfo
@@ -160,7 +160,8 @@ async def preview_prompt(request: web.Request) -> web.Response:
         memory=PreviewMemory.model_validate(asdict(turn.memory_info))
         if turn.memory_info is not None else None,
     )
-    return json_response(body.model_dump(mode="json"))
+    # Serialised in one step by pydantic (UTF-8, non-ASCII kept as is, as json_response).
+    return web.Response(body=body.model_dump_json().encode(), content_type="application/json")
 
 
 @hookimpl
