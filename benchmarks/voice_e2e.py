@@ -282,8 +282,8 @@ async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engin
     def add(key: str, value: float) -> None:
         gaps.setdefault(key, []).append(value)
 
-    for _ in range(runs):  # interleaved, so machine noise hits every row alike
-        for tag, engine in pipers:
+    for run in range(runs):  # interleaved, so machine noise hits every row alike
+        for tag, engine in pipers if run % 2 == 0 else pipers[::-1]:  # each goes first
             ev = await turn(session, engine, "fragment")
             add("piper" + tag, first_sentence_gap(ev, "audio_ready"))
             first_len = len(next(d["sentence"] for _, n, d in ev if d.get("sentence_complete")))
@@ -311,8 +311,8 @@ async def scenarios(session: aiohttp.ClientSession, piper: Engine, espeak: Engin
                      stats(gaps["whole" + tag])))
 
     cpu: dict[str, list[float]] = {}
-    for _ in range(runs):
-        for tag, engine in pipers:
+    for run in range(runs):
+        for tag, engine in pipers if run % 2 == 0 else pipers[::-1]:
             for name, options in (("off", {"enable_tts": False}),
                                   ("wav", {"audio_format": "wav"}),
                                   ("opus", {"audio_format": "opus"})):
