@@ -20,6 +20,7 @@ classified once so a scan can look all of them up at the same time:
 
 from __future__ import annotations
 
+import functools
 import re
 import re._constants as sre_c  # the stdlib regex parser's op codes
 import re._parser as sre_parse
@@ -214,8 +215,13 @@ def _prefixes(items: Any) -> list[str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _parse(pattern: str) -> Any:
-    """The stdlib parser's tree of a JS pattern (named groups rewritten), or None."""
+    """The stdlib parser's tree of a JS pattern (named groups rewritten), or None.
+
+    Cached: compiling a key reads it three times (``prefilter``, ``plain_forms``,
+    ``linear_at_a_position``); callers copy before changing anything.
+    """
     try:
         return sre_parse.parse(_NAMED_BACKREF.sub(r"(?P=\1)", pattern.replace("(?<", "(?P<")
                                                   .replace("(?P<=", "(?<=")
