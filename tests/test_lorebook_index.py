@@ -117,6 +117,20 @@ def test_linear_at_a_position(pattern: str, expected: bool) -> None:
     assert linear_at_a_position(pattern) is expected
 
 
+def test_linear_tries_run_in_the_stdlib_engine_and_agree() -> None:
+    lore = compile_entries([entry("/pref\\w*xy/", id="p"), entry("/pref\\w*xy/y", id="y"),
+                            entry("/préf\\w*xy/", id="u"), entry("/(x+x+)+y/", id="x")])
+    tries = {k.raw: k.tries is not None for k in lore.keys}
+    # sticky tries only at the start, a Unicode pattern folds case its own way, a
+    # backtracking one keeps its timeout: those stay with the regex module
+    assert tries == {"/pref\\w*xy/": True, "/pref\\w*xy/y": False, "/préf\\w*xy/": False,
+                     "/(x+x+)+y/": False}
+    chat = ["User: a prefabxy, préfoxy and prefno"]
+    assert fired(run(lore, chat)) == ["p", "u"]
+    with no_fast_paths():
+        assert fired(run(compile_entries([entry("/pref\\w*xy/", id="p")]), chat)) == ["p"]
+
+
 def test_fixed_string_regexes_never_run() -> None:
     lore = compile_entries([entry("/\\bdragons?\\b/i", id="d"), entry("/(?:elf|elves)/", id="e"),
                             entry("/orc\\d*/", id="o"), entry("/\\bkings?\\b/i", id="k")])
@@ -272,7 +286,8 @@ def test_fast_paths_give_the_same_scan(raw: list[dict[str, Any]], chat: list[str
     fast = compile_entries(book)
     with no_fast_paths():
         slow = compile_entries(book)
-    assert all(k.forms is None and not k.linear for k in slow.keys if k.kind == REGEX)
+    assert all(k.forms is None and not k.linear and k.tries is None
+               for k in slow.keys if k.kind == REGEX)
     assert _outcome(fast, lines, seed) == _outcome(slow, lines, seed)
 
 

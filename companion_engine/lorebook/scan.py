@@ -31,6 +31,8 @@ MAX_SCAN_DEPTH = 1000
 HARD_PASS_LIMIT = 100
 #: Seconds of regex matching one scan may spend; past it, remaining regex keys miss.
 REGEX_SCAN_BUDGET_S = 0.25
+#: Inline regex tries between two reads of the clock (``_Scanner.run_regexes``).
+_TRY_BATCH = 32
 #: The rolls of scans given no ``rng`` (seeding a new ``Random`` costs ~10 us a scan).
 _RNG = random.Random()
 
@@ -122,6 +124,37 @@ class _Scanner:
                                "skipped (last: {!r})", REGEX_SCAN_BUDGET_S,
                                self.lore.keys[kid].raw)
 
+    def run_regexes(self, regexes: dict[int, list[int] | None], text: str) -> list[int]:
+        """The keys of ``regexes`` that match ``text``, within the scan's regex time budget.
+
+        A key with a stdlib ``tries`` (linear: no timeout needed) and one place to try,
+        as most anchored keys have, is tried right here and the clock read once per
+        ``_TRY_BATCH`` tries; the others go one by one through ``run_regex``.
+        """
+        keys = self.lore.keys
+        matched: list[int] = []
+        slow: list[tuple[int, list[int] | None]] = []
+        began = time.perf_counter()
+        tried = 0
+        for kid, starts in regexes.items():
+            tries = keys[kid].tries
+            if tries is None or starts is None or len(starts) != 1:
+                slow.append((kid, starts))
+                continue
+            if tried % _TRY_BATCH == 0:
+                now = time.perf_counter()
+                self.regex_seconds, began = self.regex_seconds + now - began, now
+                if self.regex_seconds > REGEX_SCAN_BUDGET_S:
+                    logger.warning("lorebook: regex keys took over {} s this turn; the rest "
+                                   "are skipped", REGEX_SCAN_BUDGET_S)
+                    return matched
+            tried += 1
+            if tries(text, starts[0]) is not None:
+                matched.append(kid)
+        self.regex_seconds += time.perf_counter() - began
+        matched.extend(kid for kid, starts in slow if self.run_regex(kid, text, starts))
+        return matched
+
     def chat_text(self, depth: int) -> str:
         if depth <= 0:
             return ""
@@ -154,8 +187,7 @@ class _Scanner:
             regexes = {k: v for k, v in found.regex_candidates.items() if k not in found.hits}
             if regexes:
                 full = text + JOINER + JOINER.join(segments) if segments else text
-                found.hits.update(k for k, starts in regexes.items()
-                                  if self.run_regex(k, full, starts))
+                found.hits.update(self.run_regexes(regexes, full))
             hits |= found.hits
         owner, is_primary = self.lore.owner, self.lore.is_primary
         ranks = {owner[k] for k in hits if is_primary[k]}
