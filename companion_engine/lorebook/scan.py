@@ -169,13 +169,16 @@ class _Scanner:
             if depth <= 0:
                 continue  # SillyTavern: an empty buffer, not even recursion text
             cache_key = (depth_key, depth)
-            found = Found()
             chat = self._chat_found.get(cache_key)
             text = self.chat_text(depth)
             if chat is None:
                 chat = self._chat_found[cache_key] = index.find(text)
-            found.update(chat)
             segments = [] if state is ScanState.MIN_ACTIVATIONS else self.segments
+            if segments:
+                found = Found()
+                found.update(chat)
+            else:  # the cached chat's candidates are only read; its hits get added to
+                found = Found(set(chat.hits), chat.regex_candidates)
             offset = len(text)
             for i, segment in enumerate(segments):
                 seg_key = (depth_key, i)
