@@ -207,10 +207,17 @@ _text = st.lists(_fragments, max_size=20).map("".join)
 _ALPHABET = "abcABkKIi9_ -'.*(/sS\n\x01éÉ\u212a\u0130"
 
 
+#: CPython's ``re`` raises SystemError ("The span of capturing group is wrong") on some texts
+#: when a capturing group comes before a possessive repeat, e.g. ``((ab|c)|.*+)*+`` searched in
+#: "cakcbb" (3.11.7). ``from_regex`` filters its texts with ``re``, so such keys get fragments.
+#: (The engine runs them with ``regex`` and is not affected: ``test_stdlib_re_bug_keys_scan``.)
+_STDLIB_RE_BUG = re.compile(r"\((?!\?).*[*+?}]\+", re.DOTALL)
+
+
 def _matching(key: str) -> st.SearchStrategy[str]:
     """Texts holding a match of a regex key (hypothesis's ``from_regex``), else fragments."""
     parsed = parse_js_regex(key)
-    if parsed is None:
+    if parsed is None or _STDLIB_RE_BUG.search(parsed[0]):
         return _fragments
     pattern, flags = parsed
     options = (re.IGNORECASE if "i" in flags else 0) | (re.ASCII if pattern.isascii() else 0)
@@ -227,6 +234,19 @@ def keys_and_text(draw: st.DrawFn) -> tuple[list[str], str]:
     pieces = draw(st.lists(st.one_of(_fragments, *map(_matching, keys)), max_size=6))
     pieces.insert(draw(st.integers(0, len(pieces))), draw(_matching(draw(st.sampled_from(keys)))))
     return keys, "".join(pieces)
+
+
+@pytest.mark.parametrize(("key", "text"), [("/((ab|c)|.*+)*+/", "cakcbb"),
+                                          ("/(c?(ab|c){1,2}|[ab]?)*+/", "cB"),
+                                          ("/((ab|c)++|c*+a*a*+)++/i", "CABA")])
+def test_stdlib_re_bug_keys_scan(key: str, text: str) -> None:
+    """Keys on which CPython's ``re`` raises SystemError scan like SillyTavern's matcher."""
+    lore = compile_entries([entry(key, id=0)], case_sensitive=False, match_whole_words=False)
+    line = "User: " + text
+    result = scan(lore, [line], ScanOptions(recursive=False, token_budget=10**6),
+                  count=estimate_tokens)
+    assert fired(result) == [0]
+    assert st_match("\x01" + line, key, case_sensitive=False, whole_words=False)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
