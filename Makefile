@@ -47,7 +47,7 @@ BENCH_E2E := "chat_overhead.py --tokens 2000 --runs 7 --routes api,api-messages,
 	"lorebook_scan.py --e2e-requests 200 --chat --no-micro" \
 	"startup.py --runs 5" \
 	"backpressure.py --clients 10 --hold 5" \
-	"voice_e2e.py --runs 8" \
+	"voice_e2e.py --runs 16" \
 	$(if $(wildcard benchmarks/talk_e2e.py),"talk_e2e.py --runs 7 --seconds 10 --sessions 4") \
 	"memory_e2e.py --turns 60 --summary-turns 10" \
 	"conversation_e2e.py --turns 30 --messages 2000" \
