@@ -9,6 +9,7 @@ per-engine limits and heals by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from companion_engine.shared import Admission, Event, SharedState, StoreUnavaila
 from companion_engine.shared.local import LocalState
 from companion_engine.shared.redis import RedisState
 from companion_engine.shared.redis_client import connect
+from companion_engine.store import Store
 from tests.redis_helpers import RedisServer
 
 _prefixes = iter(range(1_000_000))
@@ -41,6 +43,23 @@ def _prefix() -> str:
 
 async def _redis_state(url: str, prefix: str, name: str) -> RedisState:
     return await RedisState.open(f"{url}?prefix={prefix}", engine_id=name)
+
+
+@contextlib.asynccontextmanager
+async def _store_and_state(server: RedisServer, tmp_path: Path
+                           ) -> AsyncIterator[tuple[Store, SharedState]]:
+    """A Redis store and the shared state opened on it, as ``create_app`` opens them."""
+    from companion_engine.shared import open_shared_state
+    from companion_engine.store import open_store
+
+    url = f"{server.url}?prefix={_prefix()}"
+    store = await open_store(url, tmp_path)
+    state = await open_shared_state(url, engine_id="e", store=store)
+    try:
+        yield store, state
+    finally:
+        await state.close()
+        await store.close()
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -115,13 +134,7 @@ async def test_admission_reads_settings_only_where_it_holds_them(state: SharedSt
 
 async def test_redis_admission_reads_the_stores_settings(redis_server: RedisServer,
                                                          tmp_path: Path) -> None:
-    from companion_engine.shared import open_shared_state
-    from companion_engine.store import open_store
-
-    url = f"{redis_server.url}?prefix={_prefix()}"
-    store = await open_store(url, tmp_path)
-    state = await open_shared_state(url, engine_id="e", store=store)
-    try:
+    async with _store_and_state(redis_server, tmp_path) as (store, state):
         await store.set_setting("model_override", "openai/x")
         await store.set_setting("active_character", {"id": "ada", "n": [1, 2]})
         names = ["model_override", "absent", "active_character"]
@@ -135,9 +148,6 @@ async def test_redis_admission_reads_the_stores_settings(redis_server: RedisServ
         assert refused.wait > 0 and refused.slot is None and refused.settings == got.settings
         assert (await state.admit("ip", streams=2, settings=[])).settings is None
         await state.release_stream(got.slot)
-    finally:
-        await state.close()
-        await store.close()
 
 
 @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -294,20 +304,11 @@ async def test_outage_falls_back_to_local_limits_and_heals(tmp_path: Path) -> No
 
 async def test_store_and_state_share_one_client(redis_server: RedisServer,
                                                 tmp_path: Path) -> None:
-    from companion_engine.shared import open_shared_state
-    from companion_engine.store import open_store
-
-    url = f"{redis_server.url}?prefix={_prefix()}"
-    store = await open_store(url, tmp_path)
-    state = await open_shared_state(url, engine_id="e", store=store)
-    try:
+    async with _store_and_state(redis_server, tmp_path) as (store, state):
         assert isinstance(state, RedisState) and state.client is store.client  # type: ignore[attr-defined]
         await store.set_setting("model_override", "openai/x")
         assert await store.get_settings(["model_override", "absent"]) == \
             {"model_override": "openai/x"}
-    finally:
-        await state.close()
-        await store.close()
 
 
 async def test_client_outage_is_store_unavailable(tmp_path: Path) -> None:
